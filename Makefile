@@ -1,0 +1,30 @@
+# Set-up and checks. On a fresh machine only python3 and make are needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: run the jobs against an embedded KMS emulator seeded with a demo trust domain
+demo: $(STAMP)
+	$(BIN)/python -m devtools.demo
+
+## test: every test (unit, property, integration against the emulator)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## lint: ruff and mypy --strict
+lint: $(STAMP)
+	$(BIN)/ruff check daemon devtools tests
+	$(BIN)/ruff format --check daemon
+	$(BIN)/mypy daemon
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

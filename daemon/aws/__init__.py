@@ -1,0 +1,1 @@
+"""Thin async adapters over aioboto3; nothing above this package imports botocore."""

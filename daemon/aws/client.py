@@ -1,0 +1,307 @@
+"""The AWS calls the daemon makes, over aioboto3 clients for KMS and the tagging API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from daemon.aws.errors import AccessDenied, AwsError, NotFound, Throttled, translate
+from daemon.aws.limits import CallStats, RateLimiter
+from daemon.model import AliasMeta, KeyMeta
+
+#: Operations that change something in AWS: rate-limited and never made in a dry run.
+MUTATING_OPERATIONS = frozenset(
+    {"TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion"}
+)
+TAG_RESOURCES_BATCH = 20  # the tagging API's limit of ARNs per TagResources call
+GET_RESOURCES_PAGE = 100
+LIST_ALIASES_PAGE = 100
+PARTIAL_RETRIES = 3  # extra TagResources rounds for ARNs the tagging API throttled
+
+
+@dataclass(frozen=True, slots=True)
+class TaggedResource:
+    """A resource as GetResources lists it."""
+
+    arn: str
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AwsOptions:
+    """How to build and pace the clients."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 5
+    max_concurrency: int = 8
+    mutating_calls_per_second: float = 5.0
+
+
+def _aws_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AwsApi:
+    """Every AWS call the daemon makes, with counting, pacing and typed errors."""
+
+    def __init__(
+        self,
+        kms: Any,
+        tagging: Any,
+        *,
+        stats: CallStats | None = None,
+        max_concurrency: int = 8,
+        mutating_calls_per_second: float = 5.0,
+    ) -> None:
+        self._kms = kms
+        self._tagging = tagging
+        self.stats = stats or CallStats()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._limits = {
+            op: RateLimiter(mutating_calls_per_second) for op in sorted(MUTATING_OPERATIONS)
+        }
+        self.region: str | None = getattr(getattr(kms, "meta", None), "region_name", None)
+
+    async def _call(self, client: Any, operation: str, **params: Any) -> dict[str, Any]:
+        limiter = self._limits.get(operation)
+        if limiter is not None:
+            await limiter.acquire()
+        method = getattr(client, _snake(operation))
+        async with self._slots:
+            try:
+                response: dict[str, Any] = await method(**params)
+            except ClientError as exc:
+                self._observe_date(exc.response)
+                error = translate(operation, exc)
+                self.stats.record(operation, _outcome(error))
+                raise error from exc
+            except BotoCoreError as exc:
+                error = translate(operation, exc)
+                self.stats.record(operation, _outcome(error))
+                raise error from exc
+        self._observe_date(response)
+        self.stats.record(operation, "success")
+        return response
+
+    def _observe_date(self, response: Mapping[str, Any]) -> None:
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        raw = headers.get("date")
+        if not raw:
+            return
+        try:
+            aws_date = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return
+        if aws_date.tzinfo is None:
+            aws_date = aws_date.replace(tzinfo=UTC)
+        self.stats.observe_date(aws_date, _aws_now())
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def get_resources(self, tag_filters: Mapping[str, Sequence[str]]) -> list[TaggedResource]:
+        """List KMS keys whose tags match every filter (values of one key are OR-ed)."""
+        filters = [{"Key": k, "Values": list(v)} for k, v in tag_filters.items()]
+        found: list[TaggedResource] = []
+        token = ""
+        while True:
+            params: dict[str, Any] = {
+                "ResourceTypeFilters": ["kms:key"],
+                "TagFilters": filters,
+                "ResourcesPerPage": GET_RESOURCES_PAGE,
+            }
+            if token:
+                params["PaginationToken"] = token
+            page = await self._call(self._tagging, "GetResources", **params)
+            for item in page.get("ResourceTagMappingList", []):
+                arn = item.get("ResourceARN")
+                if arn:
+                    tags = {t["Key"]: t.get("Value", "") for t in item.get("Tags", [])}
+                    found.append(TaggedResource(arn, tags))
+            token = page.get("PaginationToken") or ""
+            if not token:
+                return found
+
+    async def iter_aliases(self, key_id: str | None = None) -> AsyncIterator[AliasMeta]:
+        """Yield aliases of the account (or of one key), following every page."""
+        marker: str | None = None
+        while True:
+            params: dict[str, Any] = {"Limit": LIST_ALIASES_PAGE}
+            if key_id is not None:
+                params["KeyId"] = key_id
+            if marker:
+                params["Marker"] = marker
+            page = await self._call(self._kms, "ListAliases", **params)
+            for item in page.get("Aliases", []):
+                name = item.get("AliasName")
+                if name:
+                    yield AliasMeta(
+                        name,
+                        item.get("TargetKeyId"),
+                        item.get("LastUpdatedDate"),
+                        item.get("CreationDate"),
+                    )
+            marker = page.get("NextMarker")
+            if not page.get("Truncated") or not marker:
+                return
+
+    async def list_aliases(self, key_id: str | None = None) -> list[AliasMeta]:
+        """Return every alias of the account, or of one key."""
+        return [alias async for alias in self.iter_aliases(key_id)]
+
+    async def probe_list_aliases(self) -> None:
+        """Make one ListAliases call of one entry, to check the permission."""
+        await self._call(self._kms, "ListAliases", Limit=1)
+
+    async def describe_key(self, key: str) -> KeyMeta:
+        """Describe a key by key ID, key ARN, alias name or alias ARN."""
+        response = await self._call(self._kms, "DescribeKey", KeyId=key)
+        meta = response["KeyMetadata"]
+        return KeyMeta(
+            arn=meta["Arn"],
+            key_id=meta["KeyId"],
+            state=meta.get("KeyState") or ("Enabled" if meta.get("Enabled") else "Unknown"),
+            creation_date=meta.get("CreationDate"),
+            description=meta.get("Description") or "",
+        )
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def tag_resource(self, key_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on one key with kms:TagResource (existing values are overwritten)."""
+        await self._call(
+            self._kms,
+            "TagResource",
+            KeyId=key_id,
+            Tags=[{"TagKey": k, "TagValue": v} for k, v in tags.items()],
+        )
+
+    async def tag_resources(
+        self, arns: Sequence[str], tags: Mapping[str, str]
+    ) -> dict[str, AwsError]:
+        """Set the same tags on many keys with tag:TagResources, 20 ARNs a call.
+
+        Returns the ARNs that failed with their error. ARNs the tagging API throttled in a partial
+        failure are retried, and only those. A whole-call failure raises.
+        """
+        failed: dict[str, AwsError] = {}
+        for batch in _chunks(arns, TAG_RESOURCES_BATCH):
+            pending = list(batch)
+            for attempt in range(PARTIAL_RETRIES + 1):
+                response = await self._call(
+                    self._tagging, "TagResources", ResourceARNList=pending, Tags=dict(tags)
+                )
+                errors = _failed_resources(response)
+                retry = [arn for arn, err in errors.items() if isinstance(err, Throttled)]
+                for arn, err in errors.items():
+                    if arn not in retry or attempt == PARTIAL_RETRIES:
+                        failed[arn] = err
+                if not retry or attempt == PARTIAL_RETRIES:
+                    break
+                pending = retry
+                await asyncio.sleep(0.2 * 2**attempt)
+        return failed
+
+    async def update_alias(self, alias_name: str, target_key_id: str) -> None:
+        """Point an alias at a key; to the same target, this bumps its LastUpdatedDate."""
+        await self._call(self._kms, "UpdateAlias", AliasName=alias_name, TargetKeyId=target_key_id)
+
+    async def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None:
+        """Schedule a key's deletion after ``pending_window_days`` (7-30)."""
+        await self._call(
+            self._kms,
+            "ScheduleKeyDeletion",
+            KeyId=key_id,
+            PendingWindowInDays=pending_window_days,
+        )
+
+
+def _failed_resources(response: Mapping[str, Any]) -> dict[str, AwsError]:
+    errors: dict[str, AwsError] = {}
+    for arn, info in (response.get("FailedResourcesMap") or {}).items():
+        code = str(info.get("ErrorCode") or "Unknown")
+        message = str(info.get("ErrorMessage") or "")
+        status = info.get("StatusCode")
+        if "throttl" in code.lower() or "throttl" in message.lower() or status == 429:
+            errors[arn] = Throttled("TagResources", code, message)
+        else:
+            fake = ClientError(
+                {
+                    "Error": {"Code": code, "Message": message},
+                    "ResponseMetadata": {"HTTPStatusCode": status or 400},
+                },
+                "TagResources",
+            )
+            errors[arn] = translate("TagResources", fake)
+    return errors
+
+
+def _outcome(error: AwsError) -> str:
+    if isinstance(error, Throttled):
+        return "throttled"
+    if isinstance(error, AccessDenied):
+        return "denied"
+    if isinstance(error, NotFound):
+        return "not_found"
+    return "error"
+
+
+def _snake(operation: str) -> str:
+    out = [operation[0].lower()]
+    for char in operation[1:]:
+        out.append(f"_{char.lower()}" if char.isupper() else char)
+    return "".join(out)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def client_config(options: AwsOptions) -> Config:
+    """Return botocore's client configuration: timeouts and standard-mode retries."""
+    return Config(
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+        retries={"mode": "standard", "total_max_attempts": options.max_attempts},
+        max_pool_connections=max(10, options.max_concurrency),
+        user_agent_extra="spire-kms-reconciler",
+    )
+
+
+@asynccontextmanager
+async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> AsyncIterator[AwsApi]:
+    """Build KMS and tagging clients from the standard AWS configuration chain."""
+    session = aioboto3.Session(region_name=options.region) if options.region else aioboto3.Session()
+    config = client_config(options)
+    extra: dict[str, Any] = {"config": config}
+    if options.endpoint_url:
+        extra["endpoint_url"] = options.endpoint_url
+    async with AsyncExitStack() as stack:
+        kms = await stack.enter_async_context(session.client("kms", **extra))
+        tagging = await stack.enter_async_context(
+            session.client("resourcegroupstaggingapi", **extra)
+        )
+        yield AwsApi(
+            kms,
+            tagging,
+            stats=stats,
+            max_concurrency=options.max_concurrency,
+            mutating_calls_per_second=options.mutating_calls_per_second,
+        )
+
+
+def seconds(value: timedelta) -> float:
+    """Return a duration in seconds, for botocore's options."""
+    return value.total_seconds()

@@ -1,0 +1,72 @@
+"""Client-side rate limits and the per-operation call counter."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+
+class RateLimiter:
+    """A token bucket: at most ``rate`` acquisitions a second, bursts of at most ``burst``."""
+
+    def __init__(self, rate: float, burst: int = 1, clock: Callable[[], float] = time.monotonic):
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._rate = rate
+        self._burst = float(max(1, burst))
+        self._tokens = self._burst
+        self._clock = clock
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until a token is available, then take it."""
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+Listener = Callable[[str, str], None]
+
+
+class CallStats:
+    """Counts AWS calls by operation and outcome, and remembers AWS's clock."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.skew: timedelta | None = None  # local clock minus AWS's, from the Date header
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(operation, outcome)`` for every call recorded from now on."""
+        self._listeners.append(listener)
+
+    def record(self, operation: str, outcome: str) -> None:
+        """Count one call."""
+        self.calls[(operation, outcome)] += 1
+        for listener in self._listeners:
+            listener(operation, outcome)
+
+    def observe_date(self, aws_date: datetime, local: datetime) -> None:
+        """Remember how far the local clock is from AWS's, as of one response."""
+        self.skew = local - aws_date
+
+    def by_operation(self) -> dict[str, int]:
+        """Return the number of calls per operation, whatever their outcome."""
+        totals: Counter[str] = Counter()
+        for (operation, _), count in self.calls.items():
+            totals[operation] += count
+        return dict(totals)
+
+    def snapshot(self) -> Counter[tuple[str, str]]:
+        """Return a copy of the counters, to diff against later."""
+        return Counter(self.calls)

@@ -1,0 +1,219 @@
+"""The two jobs, each observe -> plan -> execute, ending in one report and one summary event."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from daemon.aws.client import AwsApi
+from daemon.aws.errors import AccessDenied, AwsError
+from daemon.execute import ExecuteOptions, TaggingMode, execute
+from daemon.model import AliasMeta, Job, Plan, RunReport
+from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
+from daemon.plan import ReclaimPolicy, RefreshPolicy, plan_reclaim, plan_refresh
+from daemon.settings import Settings
+
+log = structlog.get_logger("daemon.jobs")
+
+
+def utc_now() -> datetime:
+    """Return the current time in UTC (the one clock the jobs read)."""
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class JobState:
+    """What the jobs remember between runs of one process."""
+
+    alias_scan_at: datetime | None = None
+    legacy_aliases: tuple[AliasMeta, ...] = ()
+    tagging: TaggingMode = field(default_factory=TaggingMode)
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a job needs: settings, identity, AWS and the state kept between runs."""
+
+    settings: Settings
+    server_id: str
+    api: AwsApi
+    state: JobState = field(default_factory=JobState)
+    clock: Callable[[], datetime] = utc_now
+    dry_run: bool = False
+
+    @property
+    def trust_domain(self) -> str:
+        """The trust domain this daemon serves."""
+        return self.settings.trust_domain
+
+
+def refresh_policy(settings: Settings) -> RefreshPolicy:
+    """Return the planner's view of the refresh settings."""
+    return RefreshPolicy(
+        migrate_legacy_aliases=settings.refresh.migrate_legacy_aliases,
+        refresh_aliases=settings.refresh.refresh_aliases,
+    )
+
+
+def reclaim_policy(settings: Settings) -> ReclaimPolicy:
+    """Return the planner's view of the reclaim settings."""
+    r = settings.reclaim
+    return ReclaimPolicy(
+        stale_after=r.stale_after,
+        clock_skew_tolerance=r.clock_skew_tolerance,
+        max_reclaims_per_run=r.max_reclaims_per_run,
+        max_reclaim_fraction=r.max_reclaim_fraction,
+        protect_tag=r.protect_tag,
+    )
+
+
+async def _legacy_aliases(ctx: Context, now: datetime) -> tuple[AliasMeta, ...]:
+    """This server's aliases from the account-wide scan, run at start and then on its cadence."""
+    settings = ctx.settings.refresh
+    if not settings.migrate_legacy_aliases:
+        return ()
+    due = ctx.state.alias_scan_at is None or (
+        now - ctx.state.alias_scan_at >= settings.alias_scan_interval
+    )
+    if due:
+        ctx.state.legacy_aliases = await scan_own_aliases(ctx.api, ctx.trust_domain, ctx.server_id)
+        ctx.state.alias_scan_at = now
+        log.info("alias_scan_finished", own_aliases=len(ctx.state.legacy_aliases))
+    return ctx.state.legacy_aliases
+
+
+async def refresh_once(ctx: Context) -> RunReport:
+    """Run the refresh job once: migrate legacy keys, stamp serving keys, refresh aliases."""
+
+    async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
+        legacy = await _legacy_aliases(ctx, now)
+        observed = await observe_refresh(ctx.api, ctx.trust_domain, ctx.server_id, legacy)
+        return plan_refresh(observed.snapshot, now, refresh_policy(ctx.settings)), observed.errors
+
+    return await _run(ctx, Job.REFRESH, body)
+
+
+async def reclaim_once(ctx: Context) -> RunReport:
+    """Run the reclaim job once: mark and schedule deletion of the trust domain's dead keys."""
+    policy = reclaim_policy(ctx.settings)
+
+    async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
+        observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, now, policy)
+        return plan_reclaim(observed.snapshot, now, policy), observed.errors
+
+    return await _run(ctx, Job.RECLAIM, body)
+
+
+async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
+    started = ctx.clock()
+    t0 = time.monotonic()
+    before = ctx.api.stats.snapshot()
+    dry_run = ctx.dry_run or ctx.settings.dry_run
+    plan = Plan(job)
+    results: tuple[Any, ...] = ()
+    error: str | None = None
+    denied = False
+    read_errors: tuple[str, ...] = ()
+    try:
+        plan, read_errors = await body(started)
+        _log_plan(plan)
+        if plan.refusal is None:
+            options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
+            results = await execute(ctx.api, plan, options, ctx.state.tagging)
+    except AccessDenied as exc:
+        error, denied = exc.explain(), True
+    except AwsError as exc:
+        error = str(exc)
+    calls = ctx.api.stats.snapshot()
+    calls.subtract(before)
+    per_op: Counter[str] = Counter()
+    for (operation, _), count in calls.items():
+        if count:
+            per_op[operation] += count
+    report = RunReport(
+        job=job,
+        plan=plan,
+        results=results,
+        dry_run=dry_run,
+        started_at=started,
+        duration_seconds=time.monotonic() - t0,
+        aws_calls=dict(sorted(per_op.items())),
+        error=error,
+        permission_denied=denied,
+        read_errors=read_errors,
+    )
+    log_summary(report)
+    return report
+
+
+def _log_plan(plan: Plan) -> None:
+    for finding in plan.findings:
+        log.warning(
+            "finding",
+            job=plan.job.value,
+            anomaly=finding.anomaly.value,
+            key_arn=finding.arn,
+            detail=finding.detail,
+        )
+    if plan.refusal is not None:
+        log.error(
+            "reclaim_refused",
+            guard=plan.refusal.value,
+            detail=plan.refusal_detail,
+            would_act=sum(1 for v in plan.verdicts if v.verdict.value in ("stale", "reclaiming")),
+        )
+
+
+def summary_fields(report: RunReport) -> dict[str, Any]:
+    """Return the counts of one run, as logged in its summary event and printed by ``once``."""
+    actions: Counter[str] = Counter(
+        f"{r.action.kind.value}.{r.outcome.value}" for r in report.results
+    )
+    verdicts: Counter[str] = Counter(v.verdict.value for v in report.plan.verdicts)
+    findings: Counter[str] = Counter(f.anomaly.value for f in report.plan.findings)
+    fields: dict[str, Any] = {
+        "job": report.job.value,
+        "outcome": report.outcome.value,
+        "dry_run": report.dry_run,
+        "keys": sum(verdicts.values()),
+        "verdicts": dict(sorted(verdicts.items())),
+        "actions": dict(sorted(actions.items())),
+        "findings": dict(sorted(findings.items())),
+        "aws_calls": dict(report.aws_calls),
+        "aws_calls_total": sum(report.aws_calls.values()),
+        "duration_seconds": round(report.duration_seconds, 3),
+    }
+    if report.plan.refusal is not None:
+        fields["refused"] = report.plan.refusal.value
+        fields["refusal_detail"] = report.plan.refusal_detail
+    if report.error is not None:
+        fields["error"] = report.error
+    if report.read_errors:
+        fields["read_errors"] = list(report.read_errors[:10])
+    return fields
+
+
+def log_summary(report: RunReport) -> None:
+    """Emit the one summary event of a run."""
+    fields = summary_fields(report)
+    event = f"{report.job.value}_finished"
+    if report.error is not None:
+        log.error(event, **fields)
+    elif report.outcome.value == "success":
+        log.info(event, **fields)
+    else:
+        log.warning(event, **fields)
+
+
+def actions_by_kind(report: RunReport) -> Mapping[str, int]:
+    """Return how many actions of each kind succeeded in a run."""
+    done: Counter[str] = Counter(
+        r.action.kind.value for r in report.results if r.outcome.value == "success"
+    )
+    return dict(done)

@@ -1,0 +1,235 @@
+"""Frozen data shared by every layer: what was observed, what was decided, what was done."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+KEY_STATE_ENABLED = "Enabled"
+KEY_STATE_DISABLED = "Disabled"
+KEY_STATE_PENDING_DELETION = "PendingDeletion"
+
+
+class Job(StrEnum):
+    """The two jobs the daemon runs."""
+
+    REFRESH = "refresh"
+    RECLAIM = "reclaim"
+
+
+class ActionKind(StrEnum):
+    """A mutating AWS call the planner may decide on."""
+
+    MIGRATE = "migrate"  # kms:TagResource with all five SPIRE tags on an alias-managed key
+    STAMP = "stamp"  # spire-last-update=<now> on a serving key
+    REFRESH_ALIAS = "refresh_alias"  # kms:UpdateAlias to the same target
+    MARK_INACTIVE = "mark_inactive"  # spire-active=false before deletion
+    SCHEDULE_DELETION = "schedule_deletion"  # kms:ScheduleKeyDeletion
+
+
+class Outcome(StrEnum):
+    """How an action or a run ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    REFUSED = "refused"
+    SKIPPED = "skipped"  # dry run, or an earlier step for the same key failed
+
+
+class Verdict(StrEnum):
+    """What the planner concluded about one key."""
+
+    SERVING = "serving"  # this server's key for a SPIRE key ID: kept alive
+    SUPERSEDED = "superseded"  # this server's older key for the same SPIRE key ID
+    LEGACY = "legacy"  # serving, but alias-managed without SPIRE tags
+    FRESH = "fresh"
+    STALE = "stale"  # to be reclaimed
+    RECLAIMING = "reclaiming"  # tagged spire-active=false, still enabled: deletion to complete
+    RECLAIMED = "reclaimed"  # pending deletion
+    PROTECTED = "protected"  # the protect tag says true
+    YOUNG = "young"  # created within stale_after
+    ALIAS_FRESH = "alias_fresh"  # a SPIRE alias on it was updated within stale_after
+    NOT_ENABLED = "not_enabled"  # Disabled or another state the daemon leaves alone
+    MALFORMED = "malformed"  # tags that cannot be trusted: kept and reported
+    FUTURE = "future"  # spire-last-update beyond now + clock-skew tolerance
+    INACTIVE = "inactive"  # tagged spire-active=false but not stale: left alone
+    UNKNOWN = "unknown"  # not enough was observed to judge: kept
+
+
+class Anomaly(StrEnum):
+    """Something observed that an operator should look at."""
+
+    MALFORMED_LAST_UPDATE = "malformed_last_update"
+    FUTURE_LAST_UPDATE = "future_last_update"
+    MALFORMED_ACTIVE = "malformed_active"
+    MISSING_SERVER_ID = "missing_server_id"
+    MISSING_KEY_ID = "missing_key_id"
+    NOT_ENABLED = "not_enabled"
+    SUPERSEDED = "superseded"
+    LEGACY_NOT_MIGRATED = "legacy_not_migrated"
+    ALIAS_WITHOUT_DATE = "alias_without_date"
+    NOT_DESCRIBED = "not_described"
+    INACTIVE_NOT_STALE = "inactive_not_stale"
+
+
+class Refusal(StrEnum):
+    """Why a safety guard refused a whole reclaim run."""
+
+    BLAST_RADIUS = "blast_radius"
+    CLOCK_SKEW = "clock_skew"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMeta:
+    """A key as DescribeKey shows it."""
+
+    arn: str
+    key_id: str
+    state: str
+    creation_date: datetime | None = None
+    description: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether KMS reports the key ``Enabled``."""
+        return self.state == KEY_STATE_ENABLED
+
+
+@dataclass(frozen=True, slots=True)
+class AliasMeta:
+    """An alias as ListAliases shows it."""
+
+    name: str
+    target_key_id: str | None
+    last_updated: datetime | None = None
+    creation_date: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedKey:
+    """A key found through its tags, with what else was observed about it."""
+
+    arn: str
+    tags: Mapping[str, str]
+    meta: KeyMeta | None = None  # None: not described (not needed, or the call failed)
+    aliases: tuple[AliasMeta, ...] | None = None  # None: aliases not listed
+
+
+@dataclass(frozen=True, slots=True)
+class AliasTarget:
+    """One of this server's alias names and the key it resolves to (DescribeKey on the alias)."""
+
+    alias_name: str
+    spire_key_id: str
+    target: KeyMeta | None  # None: the alias does not exist
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSnapshot:
+    """What the refresh job observed about this server's keys."""
+
+    trust_domain: str
+    server_id: str
+    tagged: tuple[ObservedKey, ...]  # td + id + spire-active=true
+    aliases: tuple[AliasTarget, ...]  # one per SPIRE key ID, tagged or legacy
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimSnapshot:
+    """What the reclaim job observed about the trust domain's keys."""
+
+    trust_domain: str
+    server_id: str
+    keys: tuple[ObservedKey, ...]  # every key tagged with this trust domain
+    own_aliases: tuple[AliasTarget, ...] = ()  # this server's aliases for its stale-looking keys
+    aws_time: datetime | None = None  # the Date header of AWS's latest response
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One mutating AWS call, with the reason it was decided."""
+
+    kind: ActionKind
+    arn: str
+    key_id: str
+    reason: str
+    spire_key_id: str | None = None
+    server_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    alias_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An anomaly the run reports without acting on it."""
+
+    anomaly: Anomaly
+    arn: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVerdict:
+    """The planner's conclusion about one key, with the rule that led to it."""
+
+    arn: str
+    verdict: Verdict
+    reason: str
+    server_id: str | None = None
+    spire_key_id: str | None = None
+    state: str | None = None
+    last_update: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's output: actions to execute, what it concluded, and any refusal."""
+
+    job: Job
+    actions: tuple[Action, ...] = ()
+    verdicts: tuple[KeyVerdict, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    refusal: Refusal | None = None
+    refusal_detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What happened to one action."""
+
+    action: Action
+    outcome: Outcome
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """Everything one run observed, decided and did."""
+
+    job: Job
+    plan: Plan
+    results: tuple[ActionResult, ...]
+    dry_run: bool
+    started_at: datetime
+    duration_seconds: float
+    aws_calls: Mapping[str, int]
+    error: str | None = None  # set when the run could not go on
+    permission_denied: bool = False  # the error is a missing IAM permission
+    read_errors: tuple[str, ...] = ()  # per-key reads that failed; those keys were kept
+
+    @property
+    def outcome(self) -> Outcome:
+        """``refused`` when a guard held, ``failure`` when anything failed, else ``success``."""
+        if self.error is not None:
+            return Outcome.FAILURE
+        if self.plan.refusal is not None:
+            return Outcome.REFUSED
+        if self.read_errors or any(r.outcome is Outcome.FAILURE for r in self.results):
+            return Outcome.FAILURE
+        return Outcome.SUCCESS
+
+    def count(self, kind: ActionKind, outcome: Outcome) -> int:
+        """Return how many actions of ``kind`` ended with ``outcome``."""
+        return sum(1 for r in self.results if r.action.kind is kind and r.outcome is outcome)

@@ -1,0 +1,196 @@
+"""AWS reads that build the snapshots the planner decides on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from daemon import spire
+from daemon.aws.client import AwsApi
+from daemon.aws.errors import AccessDenied, AwsError, NotFound
+from daemon.model import (
+    AliasMeta,
+    AliasTarget,
+    KeyMeta,
+    ObservedKey,
+    ReclaimSnapshot,
+    RefreshSnapshot,
+)
+from daemon.plan import ReclaimPolicy, needs_aliases, needs_state
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class Observed(Generic[S]):
+    """A snapshot and the per-key read errors met while building it."""
+
+    snapshot: S
+    errors: tuple[str, ...] = ()
+
+
+async def _each(
+    items: Iterable[T], call: Callable[[T], Awaitable[R]]
+) -> list[tuple[T, R | None, AwsError | None]]:
+    """Run ``call`` on every item concurrently; a missing permission aborts, other errors don't."""
+
+    async def one(item: T) -> tuple[T, R | None, AwsError | None]:
+        try:
+            return item, await call(item), None
+        except AccessDenied:
+            raise
+        except AwsError as exc:
+            return item, None, exc
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+async def scan_own_aliases(api: AwsApi, trust_domain: str, server_id: str) -> tuple[AliasMeta, ...]:
+    """List the account's aliases (every page) and keep this server's SPIRE aliases."""
+    prefix = spire.alias_prefix(trust_domain, server_id)
+    own = [a async for a in api.iter_aliases() if a.name.startswith(prefix)]
+    return tuple(a for a in own if spire.parse_alias(a.name, trust_domain, server_id))
+
+
+async def _describe_alias(api: AwsApi, name: str) -> KeyMeta | None:
+    try:
+        return await api.describe_key(name)
+    except NotFound:
+        return None
+
+
+async def observe_refresh(
+    api: AwsApi,
+    trust_domain: str,
+    server_id: str,
+    legacy_aliases: Sequence[AliasMeta] = (),
+) -> Observed[RefreshSnapshot]:
+    """Observe this server's tagged keys, the key each of its aliases resolves to, and states.
+
+    One GetResources scan, one DescribeKey per SPIRE key ID (on the alias name: it returns the
+    alias target, or NotFound), and one DescribeKey per tagged key that is not an alias target.
+    """
+    resources = await api.get_resources(
+        {
+            spire.TAG_TRUST_DOMAIN: [trust_domain],
+            spire.TAG_SERVER_ID: [server_id],
+            spire.TAG_ACTIVE: [spire.ACTIVE_TRUE],
+        }
+    )
+    names: dict[str, str] = {}
+    for res in resources:
+        kid = res.tags.get(spire.TAG_KEY_ID)
+        if kid:
+            names[kid] = spire.alias_name(trust_domain, server_id, kid)
+    for alias in legacy_aliases:
+        kid = spire.parse_alias(alias.name, trust_domain, server_id)
+        if kid:
+            names[kid] = alias.name
+
+    errors: list[str] = []
+    targets: list[AliasTarget] = []
+    for kid, meta, err in await _each(sorted(names), lambda kid: _describe_alias(api, names[kid])):
+        if err is not None:
+            errors.append(str(err))
+            continue
+        targets.append(AliasTarget(names[kid], kid, meta))
+    resolved = {t.target.arn: t.target for t in targets if t.target is not None}
+    unresolved = [r for r in resources if r.arn not in resolved]
+    described = {
+        res.arn: (meta, err)
+        for res, meta, err in await _each(unresolved, lambda r: api.describe_key(r.arn))
+    }
+    keys: list[ObservedKey] = []
+    for res in resources:
+        if res.arn in resolved:
+            keys.append(ObservedKey(res.arn, dict(res.tags), resolved[res.arn]))
+            continue
+        meta, err = described[res.arn]
+        if isinstance(err, NotFound):
+            continue  # deleted; GetResources can list a key for a while after it is gone
+        if err is not None:
+            errors.append(str(err))
+        keys.append(ObservedKey(res.arn, dict(res.tags), meta))
+    snapshot = RefreshSnapshot(trust_domain, server_id, tuple(keys), tuple(targets))
+    return Observed(snapshot, tuple(errors))
+
+
+async def observe_reclaim(
+    api: AwsApi,
+    trust_domain: str,
+    server_id: str,
+    now: datetime,
+    policy: ReclaimPolicy,
+    *,
+    describe_all: bool = False,
+) -> Observed[ReclaimSnapshot]:
+    """Observe every key tagged with this trust domain, and the state of reclaim candidates.
+
+    Only keys whose tags say stale are described; only Enabled candidates old enough to reclaim
+    have their aliases listed (ListAliases by key ID). ``describe_all`` describes every key, for
+    the ``keys`` listing.
+    """
+    resources = await api.get_resources({spire.TAG_TRUST_DOMAIN: [trust_domain]})
+    keys = [ObservedKey(r.arn, dict(r.tags)) for r in resources]
+    candidates = [k for k in keys if describe_all or needs_state(k, trust_domain, now, policy)]
+
+    # For this server's own stale-looking keys, which key serves is decided as refresh does:
+    # describe every sibling and the alias, so that a serving key is never taken for a stale one.
+    own_kids = {
+        k.tags.get(spire.TAG_KEY_ID)
+        for k in candidates
+        if k.tags.get(spire.TAG_SERVER_ID) == server_id
+    } - {None, ""}
+    chosen = {k.arn for k in candidates}
+    for key in keys:
+        if (
+            key.arn not in chosen
+            and key.tags.get(spire.TAG_SERVER_ID) == server_id
+            and key.tags.get(spire.TAG_KEY_ID) in own_kids
+        ):
+            candidates.append(key)
+            chosen.add(key.arn)
+
+    errors: list[str] = []
+    own_aliases: list[AliasTarget] = []
+    alias_names = {kid: spire.alias_name(trust_domain, server_id, kid) for kid in own_kids if kid}
+    for kid, meta, err in await _each(
+        sorted(alias_names), lambda kid: _describe_alias(api, alias_names[kid])
+    ):
+        if err is not None:
+            errors.append(str(err))
+            continue
+        own_aliases.append(AliasTarget(alias_names[kid], kid, meta))
+
+    metas: dict[str, KeyMeta] = {}
+    gone: set[str] = set()
+    for key, meta, err in await _each(candidates, lambda k: api.describe_key(k.arn)):
+        if isinstance(err, NotFound):
+            gone.add(key.arn)
+        elif err is not None:
+            errors.append(str(err))
+        elif meta is not None:
+            metas[key.arn] = meta
+
+    to_list = [m for m in metas.values() if needs_aliases(m, now, policy)]
+    aliases: dict[str, tuple[AliasMeta, ...]] = {}
+    for meta, found, err in await _each(to_list, lambda m: api.list_aliases(m.key_id)):
+        if err is not None:
+            errors.append(str(err))
+        elif found is not None:
+            aliases[meta.arn] = tuple(found)
+
+    observed = tuple(
+        replace(k, meta=metas.get(k.arn), aliases=aliases.get(k.arn))
+        for k in keys
+        if k.arn not in gone
+    )
+    skew = api.stats.skew
+    aws_time = now - skew if skew is not None else None
+    snapshot = ReclaimSnapshot(trust_domain, server_id, observed, tuple(own_aliases), aws_time)
+    return Observed(snapshot, tuple(errors))

@@ -1,0 +1,37 @@
+"""Shared fixtures: one moto-backed KMS emulator per test session, reset for each test using it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.emulator import Emulator
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    """The session's emulator, started once. State is shared: use ``aws`` for a clean slate."""
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def aws(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
+    """A freshly reset emulator, with the process environment pointing AWS clients at it.
+
+    Every ``AWS_*`` variable of the outer environment is removed first (a profile, a session token
+    or an ``AWS_ENDPOINT_URL_KMS`` would otherwise win), and the shared config/credentials files
+    point at nothing, so the standard AWS configuration resolves to the emulator alone.
+    """
+    emulator.reset()
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in emulator.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    yield emulator
