@@ -21,6 +21,7 @@ from daemon.jobs import Context, reclaim_once, reclaim_policy, refresh_once, sum
 from daemon.model import Job, Outcome, RunReport
 from daemon.observe import observe_reclaim
 from daemon.plan import plan_reclaim
+from daemon.runtime import serve
 from daemon.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
 log = structlog.get_logger("daemon.cli")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", parents=[common], help="list the trust domain's SPIRE keys")
     keys.add_argument("--output", choices=["table", "json"], default="table")
     sub.add_parser("check", parents=[common], help="validate settings and probe AWS permissions")
+    sub.add_parser("run", parents=[common], help="run the daemon: scheduled jobs, metrics, health")
     return parser
 
 
@@ -113,13 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"spire-kms-reconciler: invalid settings:\n{exc}", file=sys.stderr)
         return Exit.BAD_CONFIG
-    logs.configure(settings.log.format, settings.log.level, stream=sys.stderr)
+    # The daemon logs to stdout for journald; one-shot commands keep stdout for their result.
+    stream = sys.stdout if args.command == "run" else sys.stderr
+    logs.configure(settings.log.format, settings.log.level, stream=stream)
     try:
         server_id = resolve_server_id(settings)
     except ConfigProblem as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.BAD_CONFIG
-    command = {"once": _once, "keys": _keys, "check": _check}[args.command]
+    command = {"once": _once, "keys": _keys, "check": _check, "run": _run}[args.command]
     try:
         return asyncio.run(command(args, settings, server_id, sys.stdout))
     except ConfigProblem as exc:
@@ -149,6 +153,22 @@ async def _once(args: argparse.Namespace, settings: Settings, server_id: str, ou
             raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
         raise
     return exit_code(reports)
+
+
+async def _run(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
+    del out
+
+    def reload() -> tuple[Settings, str]:
+        fresh = load(args)
+        return fresh, resolve_server_id(fresh)
+
+    try:
+        async with open_aws(aws_options(settings)) as api:
+            return await serve(settings, server_id, api, reload=reload)
+    except Exception as exc:
+        if _no_region(exc):
+            raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
+        raise
 
 
 def exit_code(reports: Sequence[RunReport]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +13,7 @@ import structlog
 
 from daemon.aws.client import AwsApi
 from daemon.aws.errors import AccessDenied, AwsError
+from daemon.aws.limits import counting_calls
 from daemon.execute import ExecuteOptions, TaggingMode, execute
 from daemon.model import AliasMeta, Job, Plan, RunReport
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
@@ -113,25 +114,23 @@ async def reclaim_once(ctx: Context) -> RunReport:
 async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
     started = ctx.clock()
     t0 = time.monotonic()
-    before = ctx.api.stats.snapshot()
     dry_run = ctx.dry_run or ctx.settings.dry_run
     plan = Plan(job)
     results: tuple[Any, ...] = ()
     error: str | None = None
     denied = False
     read_errors: tuple[str, ...] = ()
-    try:
-        plan, read_errors = await body(started)
-        _log_plan(plan)
-        if plan.refusal is None:
-            options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
-            results = await execute(ctx.api, plan, options, ctx.state.tagging)
-    except AccessDenied as exc:
-        error, denied = exc.explain(), True
-    except AwsError as exc:
-        error = str(exc)
-    calls = ctx.api.stats.snapshot()
-    calls.subtract(before)
+    with counting_calls() as calls:
+        try:
+            plan, read_errors = await body(started)
+            _log_plan(plan)
+            if plan.refusal is None:
+                options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
+                results = await execute(ctx.api, plan, options, ctx.state.tagging)
+        except AccessDenied as exc:
+            error, denied = exc.explain(), True
+        except AwsError as exc:
+            error = str(exc)
     per_op: Counter[str] = Counter()
     for (operation, _), count in calls.items():
         if count:
@@ -209,11 +208,3 @@ def log_summary(report: RunReport) -> None:
         log.info(event, **fields)
     else:
         log.warning(event, **fields)
-
-
-def actions_by_kind(report: RunReport) -> Mapping[str, int]:
-    """Return how many actions of each kind succeeded in a run."""
-    done: Counter[str] = Counter(
-        r.action.kind.value for r in report.results if r.outcome.value == "success"
-    )
-    return dict(done)

@@ -88,3 +88,5 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # One line per scheduled run is already the job's summary event.
+    logging.getLogger("apscheduler.executors").setLevel(max(numeric, logging.WARNING))

@@ -115,6 +115,9 @@ def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy
     """Decide which keys serve this server, which to migrate, stamp and whose alias to refresh."""
     stamp = spire.format_last_update(_unix(now))
     groups, missing = _group_by_key_id(snapshot.tagged)
+    tagged_key_ids = {
+        k.arn: k.tags[spire.TAG_KEY_ID] for k in snapshot.tagged if k.tags.get(spire.TAG_KEY_ID)
+    }
     aliases = {a.spire_key_id: a for a in snapshot.aliases}
     actions: list[Action] = []
     verdicts: list[KeyVerdict] = []
@@ -129,7 +132,18 @@ def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy
         serving, legacy = choose_serving(members, alias)
         serving_meta: KeyMeta | None = serving.meta if serving is not None else legacy
 
-        if legacy is not None:
+        if legacy is not None and legacy.arn in tagged_key_ids:
+            # The alias points to a key that already carries SPIRE tags for another key ID:
+            # it is not a legacy key, and retagging it would steal it from that key ID.
+            findings.append(
+                Finding(
+                    Anomaly.LEGACY_NOT_MIGRATED,
+                    legacy.arn,
+                    f"alias {alias.alias_name if alias else ''} points to a key tagged "
+                    f"spire-key-id={tagged_key_ids[legacy.arn]}; not retagged",
+                )
+            )
+        elif legacy is not None:
             base = KeyVerdict(
                 legacy.arn,
                 Verdict.LEGACY,
@@ -368,13 +382,15 @@ def _own_serving_arns(snapshot: ReclaimSnapshot) -> set[str]:
     own = [
         k
         for k in snapshot.keys
-        if k.tags.get(spire.TAG_SERVER_ID) == snapshot.server_id
+        if k.tags.get(spire.TAG_TRUST_DOMAIN) == snapshot.trust_domain
+        and k.tags.get(spire.TAG_SERVER_ID) == snapshot.server_id
         and k.tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_TRUE
     ]
     groups, _ = _group_by_key_id(own)
     aliases = {a.spire_key_id: a for a in snapshot.own_aliases}
     serving: set[str] = set()
-    for spire_key_id, members in groups.items():
+    for spire_key_id in set(groups) | set(aliases):
+        members = groups.get(spire_key_id, [])
         tagged, legacy = choose_serving(members, aliases.get(spire_key_id))
         if tagged is not None:
             serving.add(tagged.arn)
@@ -430,7 +446,7 @@ def _judge_key(
         if undated:
             findings.append(Finding(Anomaly.ALIAS_WITHOUT_DATE, key.arn, why))
         return Verdict.ALIAS_FRESH, why, findings
-    if key.tags.get(spire.TAG_SERVER_ID) == snapshot.server_id and key.arn in serving:
+    if key.arn in serving:
         return Verdict.SERVING, "this server's serving key; never reclaimed", findings
     if key.tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_FALSE:
         return Verdict.RECLAIMING, f"interrupted reclaim, still stale: {judged.reason}", findings
@@ -492,7 +508,10 @@ def plan_reclaim(snapshot: ReclaimSnapshot, now: datetime, policy: ReclaimPolicy
         return replace(done, refusal=Refusal.CLOCK_SKEW, refusal_detail=clock)
     newly = sum(1 for a in new_reclaims if a.kind is ActionKind.MARK_INACTIVE)
     active_total = sum(
-        1 for k in snapshot.keys if k.tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_TRUE
+        1
+        for k in snapshot.keys
+        if k.tags.get(spire.TAG_TRUST_DOMAIN) == snapshot.trust_domain
+        and k.tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_TRUE
     )
     guard = blast_radius(newly, active_total, policy)
     if guard is not None:
@@ -509,7 +528,7 @@ def blast_radius(newly: int, active_total: int, policy: ReclaimPolicy) -> str | 
             f"{newly} keys would be reclaimed, more than max_reclaims_per_run="
             f"{policy.max_reclaims_per_run}"
         )
-    if newly > policy.max_reclaim_fraction * active_total:
+    if newly > round(policy.max_reclaim_fraction * active_total, 9):
         return (
             f"{newly} of {active_total} active keys would be reclaimed, more than "
             f"max_reclaim_fraction={policy.max_reclaim_fraction}"

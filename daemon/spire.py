@@ -40,9 +40,9 @@ _LAST_UPDATE_RE = re.compile(r"(?:0|[1-9][0-9]*)")
 _SERVER_ID_VALUE_RE = re.compile(r"[A-Za-z0-9/_-]+")
 _HEX = "[0-9a-fA-F]"
 _UUID_CANONICAL = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
-_UUID_FORMS = re.compile(
-    rf"(?:{_UUID_CANONICAL}|{_HEX}{{32}}|\{{{_UUID_CANONICAL}\}}|urn:uuid:{_UUID_CANONICAL})"
-)
+# SPIRE parses with gofrs/uuid: canonical or 32-hex, each bare, braced or urn:uuid:-prefixed.
+_UUID_PLAIN = f"(?:{_UUID_CANONICAL}|{_HEX}{{32}})"
+_UUID_FORMS = re.compile(rf"(?:{_UUID_PLAIN}|\{{{_UUID_PLAIN}\}}|urn:uuid:{_UUID_PLAIN})")
 _TRUST_DOMAIN_RE = re.compile(r"[a-z0-9._-]+")
 
 
@@ -166,8 +166,8 @@ class ParsedServerId:
 def parse_server_id_file_content(content: str) -> ParsedServerId:
     """Parse a key identifier file's content as SPIRE does, after trimming one trailing newline.
 
-    SPIRE accepts the canonical, 32-hex, braced and ``urn:uuid:`` forms and renders the UUID in
-    lowercase 8-4-4-4-12 form.
+    SPIRE accepts the canonical and 32-hex forms, each bare, braced or ``urn:uuid:``-prefixed, and
+    renders the UUID in lowercase 8-4-4-4-12 form.
     """
     trimmed = False
     if content.endswith("\r\n"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 
@@ -37,6 +39,19 @@ class RateLimiter:
 
 Listener = Callable[[str, str], None]
 
+_RUN_CALLS: ContextVar[Counter[tuple[str, str]] | None] = ContextVar("run_calls", default=None)
+
+
+@contextmanager
+def counting_calls() -> Iterator[Counter[tuple[str, str]]]:
+    """Count the AWS calls made in this context (one run and the tasks it spawns) apart."""
+    calls: Counter[tuple[str, str]] = Counter()
+    token = _RUN_CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _RUN_CALLS.reset(token)
+
 
 class CallStats:
     """Counts AWS calls by operation and outcome, and remembers AWS's clock."""
@@ -53,6 +68,9 @@ class CallStats:
     def record(self, operation: str, outcome: str) -> None:
         """Count one call."""
         self.calls[(operation, outcome)] += 1
+        run = _RUN_CALLS.get()
+        if run is not None:
+            run[(operation, outcome)] += 1
         for listener in self._listeners:
             listener(operation, outcome)
 

@@ -1,0 +1,356 @@
+"""The long-running daemon: APScheduler jobs, metrics and health endpoint, signals, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from daemon.aws.client import AwsApi
+from daemon.jobs import Context, reclaim_once, refresh_once
+from daemon.metrics import Metrics
+from daemon.model import Job, Outcome, Plan, RunReport
+from daemon.settings import Settings
+
+log = structlog.get_logger("daemon.runtime")
+
+#: First retry of a failed run, doubled on each further failure, capped below.
+RETRY_BASE = timedelta(seconds=30)
+RETRY_CAP = timedelta(minutes=30)
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notification socket, if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+    return True
+
+
+@dataclass(slots=True)
+class JobHealth:
+    """What /healthz and the retry logic need to know about one job."""
+
+    last_outcome: Outcome | None = None
+    last_finished: datetime | None = None
+    last_success: datetime | None = None
+    failures_in_a_row: int = 0
+    last_error: str | None = None
+
+
+class Daemon:
+    """Runs the refresh and reclaim jobs on a schedule until told to stop."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        metrics: Metrics,
+        *,
+        reload: Callable[[], tuple[Settings, str]] | None = None,
+        stop_deadline: float = 30.0,
+    ) -> None:
+        self.ctx = ctx
+        self.metrics = metrics
+        self._reload = reload
+        self._stop_deadline = stop_deadline
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._running: dict[Job, asyncio.Task[Any]] = {}
+        self.health: dict[Job, JobHealth] = {job: JobHealth() for job in Job}
+        self.scheduler: AsyncIOScheduler | None = None
+        self._site: web.TCPSite | None = None
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+        ctx.api.stats.subscribe(metrics.on_aws_call)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (they change on SIGHUP)."""
+        return self.ctx.settings
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
+        """Return (status, body): 200 while the last refresh succeeded within two intervals."""
+        now = now or self.ctx.clock()
+        refresh = self.health[Job.REFRESH]
+        limit = 2 * self.settings.refresh.interval
+        body: dict[str, Any] = {
+            "last_refresh_outcome": refresh.last_outcome.value if refresh.last_outcome else None,
+            "last_refresh_success": refresh.last_success.isoformat()
+            if refresh.last_success
+            else None,
+        }
+        if refresh.last_outcome is None:
+            return 503, {"status": "starting", "reason": "no refresh has finished yet", **body}
+        if refresh.last_outcome is not Outcome.SUCCESS:
+            reason = f"the last refresh ended with {refresh.last_outcome.value}"
+            if refresh.last_error:
+                reason += f": {refresh.last_error[:300]}"
+            return 503, {"status": "unhealthy", "reason": reason, **body}
+        assert refresh.last_success is not None
+        if now - refresh.last_success > limit:
+            return 503, {
+                "status": "unhealthy",
+                "reason": f"no successful refresh for more than {limit}",
+                **body,
+            }
+        return 200, {"status": "ok", **body}
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        status, body = self.healthz()
+        return web.Response(
+            status=status, text=json.dumps(body) + "\n", content_type="application/json"
+        )
+
+    async def start_http(self) -> None:
+        """Serve /metrics and /healthz on the event loop, at ``metrics.listen_address``."""
+        if not self.settings.metrics.enabled:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
+        app.router.add_get("/healthz", self._healthz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        address = self.settings.metrics
+        self._site = web.TCPSite(self._runner, address.host, address.port)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else address.port
+        log.info("http_listening", host=address.host, port=self.bound_port)
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    async def run_job(self, job: Job) -> RunReport | None:
+        """Run one job now (skipped while stopping), record it and schedule a retry if needed."""
+        if self._stop.is_set():
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[job] = task
+        try:
+            with structlog.contextvars.bound_contextvars(
+                run_id=uuid.uuid4().hex[:12], job=job.value
+            ):
+                run: Callable[[Context], Awaitable[RunReport]] = (
+                    refresh_once if job is Job.REFRESH else reclaim_once
+                )
+                try:
+                    report = await run(self.ctx)
+                except Exception as exc:  # a bug, not an AWS failure: report it, keep serving
+                    log.exception("run_crashed")
+                    report = crashed_report(job, self.ctx.clock(), exc)
+        finally:
+            self._running.pop(job, None)
+        self._record(report)
+        return report
+
+    def _record(self, report: RunReport) -> None:
+        finished = self.ctx.clock()
+        self.metrics.observe(report, finished.timestamp())
+        health = self.health[report.job]
+        health.last_outcome = report.outcome
+        health.last_finished = finished
+        health.last_error = report.error
+        if report.outcome is Outcome.SUCCESS:
+            health.last_success = finished
+        sd_notify(f"STATUS={report.job.value} {report.outcome.value} at {finished:%H:%M:%S}Z")
+        if report.outcome is not Outcome.FAILURE or report.permission_denied:
+            # Success, a guard's refusal, or a missing permission: the next tick is soon enough.
+            health.failures_in_a_row = 0
+            return
+        health.failures_in_a_row += 1
+        delay = min(RETRY_BASE * 2 ** (health.failures_in_a_row - 1), RETRY_CAP)
+        interval = self._interval(report.job)
+        if delay >= interval / 2:
+            return
+        if self.scheduler is not None and not self._stop.is_set():
+            self.scheduler.add_job(
+                self.run_job,
+                DateTrigger(run_date=finished + delay),
+                args=[report.job],
+                id=f"{report.job.value}-retry",
+                replace_existing=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
+            log.warning(
+                "run_retry_scheduled",
+                retry_in_seconds=delay.total_seconds(),
+                failures_in_a_row=health.failures_in_a_row,
+            )
+
+    def _interval(self, job: Job) -> timedelta:
+        return (
+            self.settings.refresh.interval if job is Job.REFRESH else self.settings.reclaim.interval
+        )
+
+    def schedule(self, scheduler: AsyncIOScheduler) -> None:
+        """(Re)create the two interval jobs from the settings in force."""
+        now = self.ctx.clock()
+        refresh, reclaim = self.settings.refresh, self.settings.reclaim
+        scheduler.add_job(
+            self.run_job,
+            _trigger(refresh.interval, refresh.jitter),
+            args=[Job.REFRESH],
+            id="refresh",
+            replace_existing=True,
+            next_run_time=now,
+        )
+        if reclaim.enabled:
+            scheduler.add_job(
+                self.run_job,
+                _trigger(reclaim.interval, reclaim.jitter),
+                args=[Job.RECLAIM],
+                id="reclaim",
+                replace_existing=True,
+                next_run_time=now + reclaim.start_delay,
+            )
+        elif scheduler.get_job("reclaim") is not None:
+            scheduler.remove_job("reclaim")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """First signal: stop gracefully. Second: exit at once."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("stop_forced", signal=signum)
+            os._exit(130)
+        log.info("stopping", signal=signum, deadline_seconds=self._stop_deadline)
+        sd_notify("STOPPING=1")
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Re-read the settings; keep the old ones, and say why, when the new ones are invalid."""
+        if self._reload is None:
+            return
+        try:
+            settings, server_id = self._reload()
+        except Exception as exc:
+            log.error("reload_rejected", error=str(exc), detail="keeping the settings in force")
+            return
+        kept = []
+        if settings.region != self.settings.region or settings.aws != self.settings.aws:
+            kept.append("region and [aws] take effect on restart")
+        if settings.metrics != self.settings.metrics:
+            kept.append("[metrics] takes effect on restart")
+        self.ctx.settings = settings
+        self.ctx.server_id = server_id
+        if self.scheduler is not None:
+            self.schedule(self.scheduler)
+        log.info("reloaded", notes=kept)
+
+    async def _watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        period = usec / 2_000_000
+        while not self._stop.is_set():
+            sd_notify("WATCHDOG=1")
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=period)
+            except TimeoutError:
+                continue
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start_http()
+        self.scheduler = AsyncIOScheduler(
+            event_loop=loop,
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        self.schedule(self.scheduler)
+        self.scheduler.start()
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        sd_notify("READY=1\nSTATUS=scheduler running")
+        log.info(
+            "started",
+            trust_domain=self.ctx.trust_domain,
+            server_id=self.ctx.server_id,
+            refresh_interval=str(self.settings.refresh.interval),
+            reclaim_interval=str(self.settings.reclaim.interval),
+            dry_run=self.ctx.dry_run or self.settings.dry_run,
+        )
+        await self._stop.wait()
+        await self._shutdown()
+        watchdog.cancel()
+        return 0
+
+    async def _shutdown(self) -> None:
+        assert self.scheduler is not None
+        self.scheduler.pause()
+        running = [t for t in self._running.values() if not t.done()]
+        if running:
+            log.info("waiting_for_running_job", jobs=[j.value for j in self._running])
+            _, pending = await asyncio.wait(running, timeout=self._stop_deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("running_job_cancelled", deadline_seconds=self._stop_deadline)
+        self.scheduler.shutdown(wait=False)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("stopped")
+
+
+def crashed_report(job: Job, started: datetime, exc: Exception) -> RunReport:
+    """A report for a run that raised unexpectedly."""
+    return RunReport(
+        job=job,
+        plan=Plan(job),
+        results=(),
+        dry_run=False,
+        started_at=started,
+        duration_seconds=0.0,
+        aws_calls={},
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _trigger(interval: timedelta, jitter: float) -> IntervalTrigger:
+    seconds = max(1, int(interval.total_seconds()))
+    spread = int(seconds * jitter)
+    return IntervalTrigger(seconds=seconds, jitter=spread or None, timezone="UTC")
+
+
+async def serve(
+    settings: Settings,
+    server_id: str,
+    api: AwsApi,
+    *,
+    reload: Callable[[], tuple[Settings, str]] | None = None,
+    metrics: Metrics | None = None,
+) -> int:
+    """Run the daemon with an open AWS API until it is told to stop; return the exit code."""
+    daemon = Daemon(Context(settings, server_id, api), metrics or Metrics(), reload=reload)
+    return await daemon.run()

@@ -1,0 +1,939 @@
+"""The daemon's settings: a TOML file, overridden by ``SPIRE_KMS_RECONCILER_*`` variables.
+
+:func:`load_settings` is the one entry point the CLI uses. It reports every problem at once as a
+:class:`SettingsError` whose lines read ``dotted.name: what is wrong (what is allowed)``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings import SettingsError as _PydanticSettingsError
+from pydantic_settings.sources import DefaultSettingsSource
+from pydantic_settings.sources.utils import parse_env_vars
+
+from daemon.spire import SPIRE_TAGS, ContractError, validate_server_id_value, validate_trust_domain
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_PREFIX",
+    "AwsSettings",
+    "Duration",
+    "LogSettings",
+    "MetricsSettings",
+    "ReclaimSettings",
+    "RefreshSettings",
+    "Settings",
+    "SettingsError",
+    "format_duration",
+    "load_settings",
+    "parse_duration",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/spire-kms-reconciler/config.toml")
+ENV_PREFIX = "SPIRE_KMS_RECONCILER_"
+_ENV_NESTED_DELIMITER = "__"
+
+#: SPIRE refreshes its keys every 6 h; a stale window under a day would reclaim live keys.
+STALE_AFTER_FLOOR = timedelta(days=1)
+_CLOCK_SKEW_CEILING = timedelta(hours=1)
+_JITTER_CEILING = 0.5
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; ``problems`` lists every one, ``str()`` one per line."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --- durations ---------------------------------------------------------------------------------
+
+_UNIT_MICROSECONDS: dict[str, int] = {
+    "d": 86_400_000_000,
+    "h": 3_600_000_000,
+    "m": 60_000_000,
+    "s": 1_000_000,
+    "ms": 1_000,
+}
+_UNIT_ORDER = tuple(_UNIT_MICROSECONDS)
+# "ms" comes before "m" so that "5ms" is not read as 5 minutes followed by garbage.
+_DURATION_RE = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|d|h|m|s))+")
+_COMPONENT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|d|h|m|s)")
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_DURATION_HINT = "a number with a unit d, h, m, s or ms, e.g. 90s, 15m, 6h, 14d, 1h30m"
+
+
+def parse_duration(value: str | int | float | timedelta) -> timedelta:
+    """Parse ``90s``, ``15m``, ``6h``, ``14d``, compounds like ``1h30m``, or int/float seconds.
+
+    Units appear once each, largest first. Negative, empty and malformed values raise ValueError.
+    """
+    if isinstance(value, bool):  # bool is an int subclass: True is not "1 second"
+        raise ValueError(f"expected a duration ({_DURATION_HINT}), got a boolean")
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError(f"must not be negative, got {format_duration(value)}")
+        return value
+    if isinstance(value, int | float):
+        return _seconds_to_timedelta(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration ({_DURATION_HINT}), got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise ValueError(f"must not be empty (expected {_DURATION_HINT})")
+    if text.startswith("-"):
+        raise ValueError(f"must not be negative, got {value!r}")
+    if _NUMBER_RE.fullmatch(text):
+        if Decimal(text) == 0:
+            return timedelta(0)
+        raise ValueError(
+            f"missing unit in {value!r} (write {text}s for seconds; units: d, h, m, s, ms)"
+        )
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"invalid duration {value!r} (expected {_DURATION_HINT})")
+    total = Decimal(0)
+    previous = -1
+    for number, unit in _COMPONENT_RE.findall(text):
+        rank = _UNIT_ORDER.index(unit)
+        if rank <= previous:
+            raise ValueError(
+                f"invalid duration {value!r}: units must appear once each, largest first "
+                "(e.g. 1h30m)"
+            )
+        previous = rank
+        total += Decimal(number) * _UNIT_MICROSECONDS[unit]
+    return _microseconds_to_timedelta(total, value)
+
+
+def _seconds_to_timedelta(seconds: int | float) -> timedelta:
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise ValueError(f"must be a finite number of seconds, got {seconds!r}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {seconds!r}")
+    try:
+        micro = Decimal(seconds) * _UNIT_MICROSECONDS["s"]
+    except InvalidOperation:  # pragma: no cover - finite ints and floats always convert
+        raise ValueError(f"invalid duration {seconds!r}") from None
+    return _microseconds_to_timedelta(micro, seconds)
+
+
+def _microseconds_to_timedelta(micro: Decimal, original: object) -> timedelta:
+    try:
+        return timedelta(microseconds=int(micro.to_integral_value()))
+    except OverflowError:
+        raise ValueError(f"duration {original!r} is too large") from None
+
+
+def format_duration(td: timedelta) -> str:
+    """Render a duration the way :func:`parse_duration` reads it: ``6h``, ``14d``, ``1h30m``."""
+    micro = (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+    if micro == 0:
+        return "0s"
+    sign = "-" if micro < 0 else ""
+    micro = abs(micro)
+    parts: list[str] = []
+    for unit in ("d", "h", "m"):
+        count, micro = divmod(micro, _UNIT_MICROSECONDS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+    seconds, micro = divmod(micro, _UNIT_MICROSECONDS["s"])
+    if micro % 1_000:
+        fraction = f"{micro:06d}".rstrip("0")
+        parts.append(f"{seconds}.{fraction}s")
+    else:
+        if seconds:
+            parts.append(f"{seconds}s")
+        if micro:
+            parts.append(f"{micro // 1_000}ms")
+    return sign + "".join(parts)
+
+
+def _duration_before(value: object) -> object:
+    if isinstance(value, str | int | float | timedelta):
+        return parse_duration(value)
+    raise ValueError(f"expected a duration ({_DURATION_HINT}), got {type(value).__name__}")
+
+
+def _duration_json(td: timedelta) -> str:
+    return format_duration(td)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration_before),
+    PlainSerializer(_duration_json, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\d+(\.\d*)?(d|h|m|s|ms))+$",
+            "examples": ["90s", "15m", "6h", "14d", "1h30m"],
+        }
+    ),
+]
+"""A :class:`~datetime.timedelta` read by :func:`parse_duration`, shown as ``6h`` in JSON."""
+
+
+def _try_duration(value: object) -> timedelta | None:
+    """Best-effort parse for cross-field checks; a bad value is already reported on its own."""
+    try:
+        parsed = _duration_before(value)
+    except (ValueError, TypeError):
+        return None
+    return parsed if isinstance(parsed, timedelta) else None
+
+
+# --- cross-field checks that still run when other fields fail ---------------------------------
+
+_CROSS_ERROR_TYPE = "settings_cross_field"
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _cross_error(loc: tuple[str | int, ...], message: str, value: object) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError(_CROSS_ERROR_TYPE, "{message}", {"message": message}),
+        loc=loc,
+        input=value,
+    )
+
+
+def _reraisable(error: ErrorDetails) -> InitErrorDetails:
+    if error["type"] == _CROSS_ERROR_TYPE:
+        return _cross_error(error["loc"], error["msg"], error["input"])
+    details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
+
+
+def _raw(data: object, name: str, default: object = None) -> object:
+    """Read ``name`` from raw input (a mapping) or an already built model."""
+    if isinstance(data, Mapping):
+        return data.get(name, default)
+    return getattr(data, name, default)
+
+
+def _unset(value: object) -> bool:
+    # SPIRE treats an empty string as unset; so do we, which lets an environment variable
+    # set to "" clear a value the file sets.
+    return value is None or value == ""
+
+
+def _validate_with_cross_checks(
+    model: type[_M],
+    data: object,
+    handler: ModelWrapValidatorHandler[_M],
+    checks: Callable[[object], list[InitErrorDetails]],
+) -> _M:
+    """Run field validation and ``checks`` on the raw input, and report both kinds together.
+
+    An ``after`` model validator would stay silent whenever any field fails, hiding problems
+    an operator then discovers one start at a time.
+    """
+    cross = checks(data)
+    try:
+        result = handler(data)
+    except ValidationError as exc:
+        if not cross:
+            raise
+        errors = [_reraisable(error) for error in exc.errors()]
+        raise ValidationError.from_exception_data(model.__name__, [*errors, *cross]) from None
+    if cross:
+        raise ValidationError.from_exception_data(model.__name__, cross)
+    return result
+
+
+# --- small field checks -------------------------------------------------------------------------
+
+
+def _positive(td: timedelta) -> timedelta:
+    if td <= timedelta(0):
+        raise ValueError("must be greater than 0 (e.g. 6h)")
+    return td
+
+
+def _jitter(value: float) -> float:
+    if not 0 <= value <= _JITTER_CEILING:
+        raise ValueError(f"must be between 0 and {_JITTER_CEILING} (a fraction of the interval)")
+    return value
+
+
+def _not_bool(value: object) -> object:
+    # pydantic reads true as 1 in lax mode; a boolean where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+_Int = Annotated[int, BeforeValidator(_not_bool)]
+_Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _none_if_empty(value: object) -> object:
+    return None if value == "" else value
+
+
+def _readable_duration_defaults(schema: dict[str, Any], model: type[Any]) -> None:
+    """Show duration defaults in the JSON schema as ``6h`` rather than ISO 8601 ``PT6H``."""
+    properties = schema.get("properties")
+    if (
+        not isinstance(properties, dict)
+        or not isinstance(model, type)
+        or not issubclass(model, BaseModel)
+    ):
+        return
+    for name, field in model.model_fields.items():
+        prop = properties.get(name)
+        if isinstance(field.default, timedelta) and isinstance(prop, dict):
+            prop["default"] = format_duration(field.default)
+
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", json_schema_extra=_readable_duration_defaults)
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+class RefreshSettings(BaseModel):
+    """The refresh job: keep this server's keys (and aliases) alive."""
+
+    model_config = _MODEL_CONFIG
+
+    interval: Duration = Field(
+        default=timedelta(hours=6),
+        description="How often the refresh job runs (it also runs once at start).",
+    )
+    refresh_aliases: bool = Field(
+        default=True,
+        description="Bump each SPIRE alias's LastUpdatedDate (UpdateAlias to the same target) so "
+        "alias-mode peers and a downgraded SPIRE keep seeing this server as alive.",
+    )
+    migrate_legacy_aliases: bool = Field(
+        default=True,
+        description="Give alias-managed keys without SPIRE tags the five tags SPIRE's tag-based "
+        "discovery expects; needs the account-wide ListAliases scan.",
+    )
+    alias_scan_interval: Duration = Field(
+        default=timedelta(hours=24),
+        description="How often the account-wide ListAliases scan for legacy migration runs "
+        "(also once at start); at least refresh.interval.",
+    )
+    jitter: _Float = Field(
+        default=0.1,
+        description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
+    )
+
+    _positive_intervals = field_validator("interval", "alias_scan_interval")(_positive)
+    _jitter_range = field_validator("jitter")(_jitter)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_checks(cls, data: object, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        return _validate_with_cross_checks(cls, data, handler, _refresh_cross_checks)
+
+
+def _field_default(model: type[BaseModel], name: str) -> object:
+    return model.model_fields[name].default
+
+
+def _refresh_cross_checks(data: object) -> list[InitErrorDetails]:
+    raw_interval = _raw(data, "interval", _field_default(RefreshSettings, "interval"))
+    raw_scan = _raw(
+        data, "alias_scan_interval", _field_default(RefreshSettings, "alias_scan_interval")
+    )
+    interval, scan = _try_duration(raw_interval), _try_duration(raw_scan)
+    if interval is None or scan is None or scan <= timedelta(0) or scan >= interval:
+        return []
+    return [
+        _cross_error(
+            ("alias_scan_interval",),
+            f"must be at least refresh.interval ({format_duration(interval)}), "
+            f"got {format_duration(scan)}; raise it along with the interval",
+            raw_scan,
+        )
+    ]
+
+
+_TAG_KEY_RE = re.compile(r"[\w\s.:/=+@-]+")
+
+
+class ReclaimSettings(BaseModel):
+    """The reclaim job: schedule deletion of keys no SPIRE server has refreshed for too long."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = Field(default=True, description="Run the reclaim job at all.")
+    interval: Duration = Field(
+        default=timedelta(hours=48), description="How often the reclaim job runs."
+    )
+    start_delay: Duration = Field(
+        default=timedelta(minutes=10),
+        description="How long after start the first reclaim run waits (refresh runs first).",
+    )
+    stale_after: Duration = Field(
+        default=timedelta(days=14),
+        description="A key whose spire-last-update is this old (or older, or missing) is stale. "
+        "At least 1d and more than twice refresh.interval.",
+    )
+    pending_window_days: _Int = Field(
+        default=7,
+        description="ScheduleKeyDeletion PendingWindowInDays: days to cancel a deletion (7 to 30).",
+    )
+    max_reclaims_per_run: _Int = Field(
+        default=10,
+        description="Blast-radius guard: a run that would newly reclaim more keys reclaims none "
+        "(0 or more).",
+    )
+    max_reclaim_fraction: _Float = Field(
+        default=0.5,
+        description="Blast-radius guard: a run that would newly reclaim more than this fraction of "
+        "the trust domain's active keys reclaims none (above 0, at most 1).",
+    )
+    protect_tag: str = Field(
+        default="spire-protect",
+        description="A key with this tag set to 'true' is never reclaimed.",
+    )
+    clock_skew_tolerance: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Reclaim acts on nothing while the local clock and AWS's differ by more than "
+        "this (above 0, at most 1h); also the tolerance for spire-last-update in the future.",
+    )
+    jitter: _Float = Field(
+        default=0.1,
+        description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
+    )
+
+    _positive_interval = field_validator("interval")(_positive)
+    _jitter_range = field_validator("jitter")(_jitter)
+
+    @field_validator("stale_after")
+    @classmethod
+    def _stale_after_floor(cls, value: timedelta) -> timedelta:
+        if value < STALE_AFTER_FLOOR:
+            raise ValueError(
+                f"must be at least {format_duration(STALE_AFTER_FLOOR)} (SPIRE refreshes its "
+                "keys every 6h; a shorter window would reclaim live keys)"
+            )
+        return value
+
+    @field_validator("pending_window_days")
+    @classmethod
+    def _pending_window(cls, value: int) -> int:
+        if not 7 <= value <= 30:
+            raise ValueError("must be between 7 and 30 (AWS's PendingWindowInDays limit)")
+        return value
+
+    @field_validator("max_reclaims_per_run")
+    @classmethod
+    def _max_reclaims(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more (0 reclaims nothing)")
+        return value
+
+    @field_validator("max_reclaim_fraction")
+    @classmethod
+    def _max_fraction(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError("must be above 0 and at most 1 (a fraction of the active keys)")
+        return value
+
+    @field_validator("protect_tag")
+    @classmethod
+    def _protect_tag(cls, value: str) -> str:
+        if not 1 <= len(value) <= 128:
+            raise ValueError("must be 1 to 128 characters (an AWS tag key)")
+        if value.lower().startswith("aws:"):
+            raise ValueError("must not start with 'aws:' (reserved by AWS)")
+        if value in SPIRE_TAGS:
+            raise ValueError(f"must not be one of SPIRE's own tags ({', '.join(SPIRE_TAGS)})")
+        if not _TAG_KEY_RE.fullmatch(value):
+            raise ValueError(
+                "may contain only letters, digits, spaces and _ . : / = + - @ (an AWS tag key)"
+            )
+        return value
+
+    @field_validator("clock_skew_tolerance")
+    @classmethod
+    def _clock_skew(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= _CLOCK_SKEW_CEILING:
+            raise ValueError(f"must be above 0 and at most {format_duration(_CLOCK_SKEW_CEILING)}")
+        return value
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_LISTEN_HINT = "host:port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464"
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[ipv6]:port``; raise ValueError saying what is wrong."""
+    if address.startswith("["):
+        host, sep, port_text = address[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"must be {_LISTEN_HINT}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address (expected {_LISTEN_HINT})") from None
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"must be {_LISTEN_HINT}")
+        if ":" in host:
+            raise ValueError(f"an IPv6 host goes in brackets (expected {_LISTEN_HINT})")
+        if not _HOST_RE.fullmatch(host):
+            raise ValueError(
+                f"{host!r} is not a host name or IPv4 address (expected {_LISTEN_HINT})"
+            )
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} is not a number (expected {_LISTEN_HINT})")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError("port must be between 0 and 65535")
+    return host, port
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus metrics and ``/healthz`` listener."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = Field(default=True, description="Serve /metrics and /healthz in `run`.")
+    listen_address: str = Field(
+        default="127.0.0.1:9464",
+        description="host:port to listen on; IPv6 in brackets ([::1]:9464); port 0: any free one.",
+    )
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        _split_host_port(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        """The host part of ``listen_address``, IPv6 without its brackets."""
+        return _split_host_port(self.listen_address)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of ``listen_address``."""
+        return _split_host_port(self.listen_address)[1]
+
+
+class LogSettings(BaseModel):
+    """Structured logging."""
+
+    model_config = _MODEL_CONFIG
+
+    format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] = Field(
+        default="json", description="json (one object a line) or console (for people)."
+    )
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
+        default="info", description="Lowest level logged: debug, info, warning or error (any case)."
+    )
+
+
+class AwsSettings(BaseModel):
+    """How the daemon talks to AWS (credentials and region come from the standard AWS chain)."""
+
+    model_config = _MODEL_CONFIG
+
+    connect_timeout: Duration = Field(
+        default=timedelta(seconds=5), description="Connect timeout of each AWS request."
+    )
+    read_timeout: Duration = Field(
+        default=timedelta(seconds=30), description="Read timeout of each AWS request."
+    )
+    max_attempts: _Int = Field(
+        default=5,
+        description="Attempts per AWS call, the first included; retries throttling, 5xx (1 to 20).",
+    )
+    max_concurrency: _Int = Field(default=8, description="AWS calls in flight at once (1 to 64).")
+    mutating_calls_per_second: _Float = Field(
+        default=5.0,
+        description="Client-side rate limit per mutating operation (above 0, at most 50), well "
+        "under KMS quotas the SPIRE servers share.",
+    )
+    endpoint_url: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="Explicit endpoint for both services; normally unset, botocore reads "
+        "AWS_ENDPOINT_URL itself.",
+    )
+
+    _positive_timeouts = field_validator("connect_timeout", "read_timeout")(_positive)
+
+    @field_validator("max_attempts")
+    @classmethod
+    def _max_attempts(cls, value: int) -> int:
+        if not 1 <= value <= 20:
+            raise ValueError("must be between 1 and 20 (total attempts, the first included)")
+        return value
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _max_concurrency(cls, value: int) -> int:
+        if not 1 <= value <= 64:
+            raise ValueError("must be between 1 and 64")
+        return value
+
+    @field_validator("mutating_calls_per_second")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0 < value <= 50):
+            raise ValueError("must be above 0 and at most 50 (KMS quotas are shared with SPIRE)")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+# --- the whole ----------------------------------------------------------------------------------
+
+_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+_NEITHER_IDENTIFIER = "requires a key identifier file or a key identifier value"
+_BOTH_IDENTIFIERS = "can't have a key identifier file and a key identifier value at the same time"
+_IDENTIFIER_LOC = "key_identifier_file/key_identifier_value"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon is configured with. Build it with :func:`load_settings`.
+
+    Constructed directly (``Settings(trust_domain=...)``), keyword arguments beat the process
+    environment; :func:`load_settings` gives the environment precedence over the file.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    trust_domain: str = Field(
+        description="The SPIFFE trust domain of the SPIRE servers, as in SPIRE's config "
+        "(e.g. example.org, no spiffe://)."
+    )
+    region: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="AWS region of the keys (e.g. us-east-1); unset: AWS_REGION, "
+        "AWS_DEFAULT_REGION or the profile.",
+    )
+    key_identifier_file: Annotated[Path | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="SPIRE's key_identifier_file (the server ID as a UUID); the daemon reads it "
+        "and never creates it. Set this or key_identifier_value.",
+    )
+    key_identifier_value: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="SPIRE's key_identifier_value (A-Za-z0-9/_-, at most 256 bytes). Set this "
+        "or key_identifier_file.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="Observe and decide, log the plan, make no mutating AWS call.",
+    )
+    refresh: RefreshSettings = Field(default_factory=RefreshSettings, description="[refresh] job.")
+    reclaim: ReclaimSettings = Field(default_factory=ReclaimSettings, description="[reclaim] job.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="[metrics] listener."
+    )
+    log: LogSettings = Field(default_factory=LogSettings, description="[log] output.")
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="[aws] client behaviour.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: settings come from the TOML file and the environment.
+        return init_settings, env_settings
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str) -> str:
+        if value.startswith("spiffe://"):
+            raise ValueError(
+                "write the bare trust domain name (e.g. example.org), without spiffe://"
+            )
+        try:
+            return validate_trust_domain(value)
+        except ContractError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION_RE.fullmatch(value):
+            raise ValueError(
+                "must be an AWS region name like us-east-1 (or unset to use the AWS configuration)"
+            )
+        return value
+
+    @field_validator("key_identifier_value")
+    @classmethod
+    def _key_identifier_value(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_server_id_value(value)
+        except ContractError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_checks(cls, data: object, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        return _validate_with_cross_checks(cls, data, handler, _settings_cross_checks)
+
+
+def _settings_cross_checks(data: object) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    file_set = not _unset(_raw(data, "key_identifier_file"))
+    value_set = not _unset(_raw(data, "key_identifier_value"))
+    if not file_set and not value_set:
+        errors.append(_cross_error((_IDENTIFIER_LOC,), _NEITHER_IDENTIFIER, None))
+    elif file_set and value_set:
+        errors.append(_cross_error((_IDENTIFIER_LOC,), _BOTH_IDENTIFIERS, None))
+
+    refresh, reclaim = _raw(data, "refresh"), _raw(data, "reclaim")
+    interval = _try_duration(_raw(refresh, "interval", _field_default(RefreshSettings, "interval")))
+    raw_stale = _raw(reclaim, "stale_after", _field_default(ReclaimSettings, "stale_after"))
+    stale_after = _try_duration(raw_stale)
+    if (
+        interval is not None
+        and stale_after is not None
+        and stale_after >= STALE_AFTER_FLOOR  # below the floor is reported already
+        and stale_after <= interval * 2
+    ):
+        errors.append(
+            _cross_error(
+                ("reclaim", "stale_after"),
+                f"must be more than twice refresh.interval ({format_duration(interval)}: more "
+                f"than {format_duration(interval * 2)}), got {format_duration(stale_after)}; "
+                "a key could go stale between two refreshes",
+                raw_stale,
+            )
+        )
+    return errors
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _MappingEnvSettingsSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class _FileSettingsSource(PydanticBaseSettingsSource):
+    """The TOML file's table, passed through as is so unknown keys reach validation."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+_TOML_POSITION_RE = re.compile(
+    r"^(?P<message>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$"
+)
+_TOML_END_RE = re.compile(r"^(?P<message>.*) \(at end of document\)$")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        if match := _TOML_POSITION_RE.match(message):
+            where = f"line {match['line']}, column {match['column']}"
+            message = match["message"]
+        elif match := _TOML_END_RE.match(message):
+            lines = text.splitlines() or [""]
+            where = f"line {len(lines)}, column {len(lines[-1]) + 1} (end of file)"
+            message = match["message"]
+        else:  # pragma: no cover - tomllib always says where
+            where = "unknown position"
+        raise SettingsError(f"config file {path}: {where}: invalid TOML: {message}") from None
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + _ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def _unknown_env_problems(environ: Mapping[str, str]) -> list[str]:
+    """Name prefixed variables that match no setting: a misspelt override must not pass silently."""
+    problems = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        top = upper[len(ENV_PREFIX) :].split(_ENV_NESTED_DELIMITER, 1)[0].lower()
+        if top not in Settings.model_fields:
+            problems.append(
+                f"{name}: unknown setting (environment variables are {ENV_PREFIX}<NAME>, nested "
+                f"with '{_ENV_NESTED_DELIMITER}', e.g. {ENV_PREFIX}RECLAIM__STALE_AFTER)"
+            )
+    return problems
+
+
+#: Settings whose rejected value is not repeated in messages: an endpoint may carry credentials.
+_UNECHOED = frozenset({"aws.endpoint_url"})
+_ECHO_LIMIT = 60
+
+
+def _shorten(value: object) -> str | None:
+    if isinstance(value, timedelta):
+        text = format_duration(value)
+    elif isinstance(value, str | int | float | bool | Path):
+        text = repr(str(value)) if isinstance(value, Path) else repr(value)
+    else:
+        return None  # a whole table, say: repeating it helps nobody
+    if len(text) > _ECHO_LIMIT:
+        text = text[: _ECHO_LIMIT - 1] + "…"
+    return text
+
+
+def _problem(error: ErrorDetails, env_keys: frozenset[str]) -> str:
+    loc = error["loc"]
+    name = ".".join(str(part) for part in loc) or "settings"
+    kind = error["type"]
+    if kind == "missing":
+        message = f"required setting is missing (set it in the file or as {_env_name(loc)})"
+    elif kind == "extra_forbidden":
+        message = "unknown setting"
+        parent: type[BaseModel] | None = Settings
+        for part in loc[:-1]:
+            field = parent.model_fields.get(str(part)) if parent else None
+            annotation = field.annotation if field else None
+            parent = (
+                annotation
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                else None
+            )
+        if parent is not None:
+            message += f" (known here: {', '.join(parent.model_fields)})"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        shown = None if name in _UNECHOED else _shorten(error["input"])
+        if shown is not None and shown not in message and kind != _CROSS_ERROR_TYPE:
+            message += f", got {shown}"
+    if _env_name(loc).lower() in env_keys:
+        message += f" [from {_env_name(loc)}]"
+    return f"{name}: {message}"
+
+
+def load_settings(
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    required_file: bool = False,
+) -> Settings:
+    """Load settings: environment over the TOML file at ``path`` over defaults.
+
+    ``path`` None or a missing file means environment and defaults only, unless
+    ``required_file``. ``env`` None reads ``os.environ``. Every problem is raised at once as a
+    :class:`SettingsError`.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        if path.exists():
+            data = _read_toml(path)
+        elif required_file:
+            raise SettingsError(f"config file {path} does not exist")
+
+    problems = _unknown_env_problems(environ)
+    try:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            _MappingEnvSettingsSource(Settings, environ),
+            _FileSettingsSource(Settings, data),
+            DefaultSettingsSource(Settings),
+        )
+        # mypy sees pydantic's field-derived __init__, not BaseSettings' source parameters.
+        settings = Settings(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except _PydanticSettingsError as exc:
+        # Raised for a variable naming a whole table whose value is not a JSON object.
+        match = re.search(r'field "(\w+)"', str(exc))
+        if match is None:  # pragma: no cover - pydantic-settings always names the field
+            raise SettingsError([*problems, f"environment: {exc}"]) from None
+        table = match[1]
+        raise SettingsError(
+            [
+                *problems,
+                f"{_env_name((table,))}: not a JSON object for the [{table}] table (set one "
+                f"setting with {_env_name((table, 'NAME'))} instead)",
+            ]
+        ) from None
+    except ValidationError as exc:
+        env_keys = frozenset(name.lower() for name in environ)
+        problems += [_problem(error, env_keys) for error in exc.errors()]
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
