@@ -95,9 +95,31 @@ async def refresh_once(ctx: Context) -> RunReport:
     async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
         legacy = await _legacy_aliases(ctx, now)
         observed = await observe_refresh(ctx.api, ctx.trust_domain, ctx.server_id, legacy)
-        return plan_refresh(observed.snapshot, now, refresh_policy(ctx.settings)), observed.errors
+        stamp_time = _stamp_time(ctx, now)
+        return plan_refresh(observed.snapshot, stamp_time, refresh_policy(ctx.settings)), (
+            observed.errors
+        )
 
     return await _run(ctx, Job.REFRESH, body)
+
+
+def _stamp_time(ctx: Context, now: datetime) -> datetime:
+    """The time to stamp: the local clock, or AWS's when the two disagree beyond the tolerance.
+
+    A clock that runs behind would stamp serving keys with old times, and peers would reclaim
+    them; one that runs ahead would make them look fresh for too long.
+    """
+    skew = ctx.api.stats.skew
+    tolerance = ctx.settings.reclaim.clock_skew_tolerance
+    if skew is None or abs(skew) <= tolerance:
+        return now
+    log.warning(
+        "clock_skew_corrected",
+        skew_seconds=round(skew.total_seconds()),
+        tolerance_seconds=tolerance.total_seconds(),
+        detail="stamping spire-last-update with AWS's clock (the Date header of its responses)",
+    )
+    return now - skew
 
 
 async def reclaim_once(ctx: Context) -> RunReport:

@@ -1,0 +1,59 @@
+"""The refresh job stamps with AWS's clock when the local one is far off (integration)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from daemon import spire
+from daemon.aws.client import AwsOptions, open_aws
+from daemon.jobs import Context, refresh_once
+from daemon.settings import Settings, load_settings
+from devtools.emulator import Emulator
+
+pytestmark = pytest.mark.integration
+
+TD = "example.org"
+SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
+
+
+def settings() -> Settings:
+    return load_settings(
+        None,
+        env={
+            "SPIRE_KMS_RECONCILER_TRUST_DOMAIN": TD,
+            "SPIRE_KMS_RECONCILER_REGION": "us-east-1",
+            "SPIRE_KMS_RECONCILER_KEY_IDENTIFIER_VALUE": SERVER,
+        },
+    )
+
+
+@pytest.mark.parametrize("skew", [timedelta(days=-15), timedelta(days=15)])
+async def test_refresh_stamps_aws_time_when_local_clock_is_off(
+    aws: Emulator, skew: timedelta
+) -> None:
+    """A clock 15 days behind would make peers reclaim this server's serving keys."""
+    now = datetime.now(UTC)
+    arn = aws.spire_key(
+        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A",
+        last_update=int((now - timedelta(hours=6)).timestamp()),
+    )
+    aws.clock_skew = skew  # AWS's Date header is `skew` away from the local clock
+    async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
+        report = await refresh_once(Context(settings(), SERVER, api))
+    assert report.outcome.value == "success"
+    stamped = int(aws.tags(arn)[spire.TAG_LAST_UPDATE])
+    aws_now = (now + skew).timestamp()
+    assert abs(stamped - aws_now) < 120, (stamped, aws_now)
+
+
+async def test_refresh_stamps_local_time_within_tolerance(aws: Emulator) -> None:
+    now = datetime.now(UTC)
+    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A",
+                        last_update=int((now - timedelta(hours=6)).timestamp()))
+    aws.clock_skew = timedelta(minutes=2)
+    async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
+        await refresh_once(Context(settings(), SERVER, api))
+    stamped = int(aws.tags(arn)[spire.TAG_LAST_UPDATE])
+    assert abs(stamped - now.timestamp()) < 30
