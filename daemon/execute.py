@@ -38,7 +38,13 @@ class ExecuteOptions:
     dry_run: bool = False
 
 
-def _result(action: Action, outcome: Outcome, error: str | None = None) -> ActionResult:
+def _failed(action: Action, exc: AwsError) -> ActionResult:
+    return _result(action, Outcome.FAILURE, _describe(exc), denied=isinstance(exc, AccessDenied))
+
+
+def _result(
+    action: Action, outcome: Outcome, error: str | None = None, *, denied: bool = False
+) -> ActionResult:
     fields = {
         "action": action.kind.value,
         "key_arn": action.arn,
@@ -53,7 +59,7 @@ def _result(action: Action, outcome: Outcome, error: str | None = None) -> Actio
         log.info("action", **fields)
     else:
         log.warning("action", error=error, **fields)
-    return ActionResult(action, outcome, error)
+    return ActionResult(action, outcome, error, denied)
 
 
 async def execute(
@@ -88,7 +94,7 @@ async def _migrate(api: AwsApi, action: Action) -> ActionResult:
     try:
         await api.tag_resource(action.key_id, action.tags)
     except AwsError as exc:
-        return _result(action, Outcome.FAILURE, _describe(exc))
+        return _failed(action, exc)
     return _result(action, Outcome.SUCCESS)
 
 
@@ -111,13 +117,13 @@ async def _stamp(api: AwsApi, actions: Sequence[Action], mode: TaggingMode) -> l
                 )
                 mode.batch = False
             except AwsError as exc:
-                results += [_result(a, Outcome.FAILURE, _describe(exc)) for a in group]
+                results += [_failed(a, exc) for a in group]
                 continue
             else:
                 for action in group:
                     err = failed.get(action.arn)
                     results.append(
-                        _result(action, Outcome.FAILURE, _describe(err))
+                        _failed(action, err)
                         if err is not None
                         else _result(action, Outcome.SUCCESS)
                     )
@@ -131,7 +137,7 @@ async def _refresh_alias(api: AwsApi, action: Action) -> ActionResult:
     try:
         await api.update_alias(action.alias_name, action.key_id)
     except AwsError as exc:
-        return _result(action, Outcome.FAILURE, _describe(exc))
+        return _failed(action, exc)
     return _result(action, Outcome.SUCCESS)
 
 
@@ -163,9 +169,9 @@ async def _reclaim(
                 results.append(_result(action, Outcome.SUCCESS, None))
                 results += [_result(rest, Outcome.SUCCESS, None) for rest in steps[index + 1 :]]
                 return results
-            results.append(_result(action, Outcome.FAILURE, _describe(exc)))
+            results.append(_failed(action, exc))
         except AwsError as exc:
-            results.append(_result(action, Outcome.FAILURE, _describe(exc)))
+            results.append(_failed(action, exc))
         else:
             results.append(_result(action, Outcome.SUCCESS))
             continue

@@ -146,9 +146,8 @@ async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
         try:
             plan, read_errors = await body(started)
             _log_plan(plan)
-            if plan.refusal is None:
-                options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
-                results = await execute(ctx.api, plan, options, ctx.state.tagging)
+            options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
+            results = await execute(ctx.api, plan, options, ctx.state.tagging)
         except AccessDenied as exc:
             error, denied = exc.explain(), True
         except AwsError as exc:
@@ -166,7 +165,7 @@ async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
         duration_seconds=time.monotonic() - t0,
         aws_calls=dict(sorted(per_op.items())),
         error=error,
-        permission_denied=denied,
+        permission_denied=denied or any(r.denied for r in results),
         read_errors=read_errors,
     )
     log_summary(report)

@@ -202,6 +202,7 @@ class ActionResult:
     action: Action
     outcome: Outcome
     error: str | None = None
+    denied: bool = False  # the error is a missing IAM permission
 
 
 @dataclass(frozen=True, slots=True)

@@ -515,7 +515,13 @@ def plan_reclaim(snapshot: ReclaimSnapshot, now: datetime, policy: ReclaimPolicy
     )
     guard = blast_radius(newly, active_total, policy)
     if guard is not None:
-        return replace(done, refusal=Refusal.BLAST_RADIUS, refusal_detail=guard)
+        # Completions were decided by an earlier run and are judged stale afresh: they go on.
+        return replace(
+            done,
+            actions=tuple(completions),
+            refusal=Refusal.BLAST_RADIUS,
+            refusal_detail=guard,
+        )
     return replace(done, actions=tuple(completions + new_reclaims))
 
 

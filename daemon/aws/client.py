@@ -193,15 +193,25 @@ class AwsApi:
         """Set the same tags on many keys with tag:TagResources, 20 ARNs a call.
 
         Returns the ARNs that failed with their error. ARNs the tagging API throttled in a partial
-        failure are retried, and only those. A whole-call failure raises.
+        failure are retried, and only those. A call that fails as a whole fails its own ARNs and
+        the next batches still go; only a denial of tag:TagResources before any call got through
+        raises, so that the caller can fall back to kms:TagResource.
         """
         failed: dict[str, AwsError] = {}
+        any_through = False
         for batch in _chunks(arns, TAG_RESOURCES_BATCH):
             pending = list(batch)
             for attempt in range(PARTIAL_RETRIES + 1):
-                response = await self._call(
-                    self._tagging, "TagResources", ResourceARNList=pending, Tags=dict(tags)
-                )
+                try:
+                    response = await self._call(
+                        self._tagging, "TagResources", ResourceARNList=pending, Tags=dict(tags)
+                    )
+                except AwsError as exc:
+                    if isinstance(exc, AccessDenied) and not any_through:
+                        raise
+                    failed.update(dict.fromkeys(pending, exc))
+                    break
+                any_through = True
                 errors = _failed_resources(response)
                 retry = [arn for arn, err in errors.items() if isinstance(err, Throttled)]
                 for arn, err in errors.items():

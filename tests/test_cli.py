@@ -1,0 +1,277 @@
+"""The command line: settings problems, the key identifier file, argument order, permissions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from devtools.emulator import Emulator
+from devtools.faultproxy import DEFAULT_PRINCIPAL, FaultProxy
+
+pytestmark = pytest.mark.integration
+
+TD = "example.org"
+SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``main`` points the root logger at this test's captured stderr; undo that afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
+    with FaultProxy(emulator.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
+    proxy_server.reset()
+    return proxy_server
+
+
+def write_config(
+    tmp: Path,
+    *,
+    endpoint: str | None = None,
+    keyid_content: str | None = SERVER,
+    body: str = "",
+) -> Path:
+    """Write a settings file (and the key identifier file unless ``keyid_content`` is None)."""
+    keyid = tmp / "keyid"
+    if keyid_content is not None:
+        keyid.write_text(keyid_content)
+    aws = f'[aws]\nendpoint_url = "{endpoint}"\nmax_attempts = 1\nread_timeout = "5s"\n'
+    path = tmp / "config.toml"
+    path.write_text(
+        f'trust_domain = "{TD}"\n'
+        'region = "us-east-1"\n'
+        f'key_identifier_file = "{keyid}"\n' + body + (aws if endpoint else "")
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ settings and identity
+
+
+def test_bad_settings_exit_2_listing_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path, body="[reclaim]\npending_window_days = 3\nmax_reclaim_fraction = 2.0\n"
+    )
+
+    code, out, err = run(capsys, "once", "--config", str(config))
+
+    assert code == 2
+    assert "reclaim.pending_window_days" in err
+    assert "reclaim.max_reclaim_fraction" in err
+    assert out == ""
+
+
+def test_bad_top_level_and_nested_settings_are_listed_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'trust_domain = "Not A Domain"\nkey_identifier_value = "x"\n[refresh]\ninterval = "soon"\n'
+    )
+
+    code, _, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 2
+    assert "trust_domain" in err
+    assert "refresh.interval" in err
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.toml"
+
+    code, _, err = run(capsys, "check", "--config", str(missing))
+
+    assert code == 2
+    assert str(missing) in err
+
+
+def test_missing_key_identifier_file_exits_2_and_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, keyid_content=None)
+    keyid = tmp_path / "keyid"
+
+    code, out, err = run(capsys, "once", "--config", str(config))
+
+    assert code == 2
+    assert str(keyid) in err
+    assert "does not exist" in err
+    assert not keyid.exists()
+    assert out == ""
+
+
+def test_key_identifier_file_that_is_not_a_uuid_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, keyid_content="not-a-uuid")
+
+    code, _, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 2
+    assert "not a UUID" in err
+
+
+def test_trailing_newline_in_key_identifier_file_is_accepted(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url, keyid_content=SERVER + "\n")
+
+    code, out, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 0, out + err
+    assert f"server ID {SERVER})" in out
+    assert "key_identifier_trimmed" in err
+
+
+def test_key_identifier_file_uuid_is_rendered_lowercase(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url, keyid_content=SERVER.upper())
+
+    code, out, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 0, out + err
+    assert f"server ID {SERVER})" in out
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["config-first", "config-after"])
+def test_config_is_accepted_before_and_after_the_subcommand(
+    aws: Emulator,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    before: bool,
+) -> None:
+    config = str(write_config(tmp_path, endpoint=proxy.endpoint_url))
+    argv = ["--config", config, "keys"] if before else ["keys", "--config", config]
+
+    code, out, err = run(capsys, *argv)
+
+    assert code == 0, out + err
+    assert "0 keys" in out
+
+
+def test_environment_overrides_the_file(
+    aws: Emulator,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+    monkeypatch.setenv("SPIRE_KMS_RECONCILER_RECLAIM__PENDING_WINDOW_DAYS", "99")
+
+    code, _, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 2
+    assert "reclaim.pending_window_days" in err
+    assert "SPIRE_KMS_RECONCILER_RECLAIM__PENDING_WINDOW_DAYS" in err
+
+
+# ------------------------------------------------------------------ permissions
+
+
+def assert_explains_get_resources(text: str) -> None:
+    assert "tag:GetResources" in text
+    assert "identity-based" in text
+    assert "key policy" in text
+    assert DEFAULT_PRINCIPAL in text
+
+
+def test_get_resources_denied_exits_3_with_an_explanation(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    proxy.deny("GetResources")
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+
+    code, out, err = run(capsys, "once", "--config", str(config))
+
+    assert code == 3, out + err
+    assert_explains_get_resources(out)
+    for op in ("TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion"):
+        assert proxy.count(op) == 0, op
+
+
+def test_keys_with_get_resources_denied_exits_3(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy.deny("GetResources")
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+
+    code, out, err = run(capsys, "keys", "--output", "json", "--config", str(config))
+
+    assert code == 3
+    assert out == ""
+    assert_explains_get_resources(err)
+
+
+def test_check_passes_against_the_emulator(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=30)
+    aws.spire_key(
+        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1, created_at=old
+    )
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+
+    code, out, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 0, out + err
+    assert "settings: ok" in out
+    assert proxy.count("GetResources") >= 1
+    assert proxy.count("DescribeKey") >= 1
+    assert proxy.count("ListAliases") >= 1
+    for op in ("TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion"):
+        assert proxy.count(op) == 0, op
+
+
+def test_check_exits_3_when_get_resources_is_denied(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy.deny("GetResources")
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+
+    code, out, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 3, out + err
+    assert "DENIED" in out
+    assert_explains_get_resources(out)
+
+
+def test_check_exits_1_when_aws_fails_otherwise(
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy.server_error("GetResources")
+    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
+
+    code, out, err = run(capsys, "check", "--config", str(config))
+
+    assert code == 1, out + err
+    assert "InternalFailure" in out
