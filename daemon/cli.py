@@ -17,10 +17,17 @@ import structlog
 from daemon import __version__, logs, spire
 from daemon.aws.client import AwsApi, AwsOptions, open_aws
 from daemon.aws.errors import AccessDenied, AwsError
-from daemon.jobs import Context, reclaim_once, reclaim_policy, refresh_once, summary_fields
-from daemon.model import Job, Outcome, RunReport
-from daemon.observe import observe_reclaim
-from daemon.plan import plan_reclaim
+from daemon.jobs import (
+    Context,
+    reclaim_once,
+    reclaim_policy,
+    refresh_once,
+    refresh_policy,
+    summary_fields,
+)
+from daemon.model import Job, KeyVerdict, Outcome, RunReport, Verdict
+from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
+from daemon.plan import plan_reclaim, plan_refresh
 from daemon.runtime import serve
 from daemon.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
@@ -226,6 +233,12 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
             observed = await observe_reclaim(
                 api, settings.trust_domain, server_id, now, policy, describe_all=True
             )
+            legacy = (
+                await scan_own_aliases(api, settings.trust_domain, server_id)
+                if settings.refresh.migrate_legacy_aliases
+                else ()
+            )
+            own = await observe_refresh(api, settings.trust_domain, server_id, legacy)
     except AccessDenied as exc:
         print(f"spire-kms-reconciler: {exc.explain()}", file=sys.stderr)
         return Exit.PERMISSION
@@ -236,7 +249,11 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
         if _no_region(exc):
             raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
         raise
-    plan = plan_reclaim(observed.snapshot, now, policy)
+    verdicts = merge_verdicts(
+        plan_reclaim(observed.snapshot, now, policy).verdicts,
+        plan_refresh(own.snapshot, now, refresh_policy(settings)).verdicts,
+    )
+    errors = observed.errors + own.errors
     rows = [
         {
             "key_arn": v.arn,
@@ -249,18 +266,33 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
             "verdict": v.verdict.value,
             "reason": v.reason,
         }
-        for v in sorted(
-            plan.verdicts, key=lambda v: (v.server_id or "", v.spire_key_id or "", v.arn)
-        )
+        for v in sorted(verdicts, key=lambda v: (v.server_id or "", v.spire_key_id or "", v.arn))
     ]
     if args.output == "json":
         json.dump(rows, out, indent=2)
         out.write("\n")
     else:
         print_keys_table(rows, out)
-    for err in observed.errors:
+    for err in errors:
         print(f"spire-kms-reconciler: read error: {err}", file=sys.stderr)
-    return Exit.FAILURES if observed.errors else Exit.OK
+    return Exit.FAILURES if errors else Exit.OK
+
+
+def merge_verdicts(
+    trust_domain: Sequence[KeyVerdict], own: Sequence[KeyVerdict]
+) -> list[KeyVerdict]:
+    """Show this server's keys as the refresh job sees them (serving, superseded, legacy).
+
+    The reclaim verdict stays where it says more than "fresh"; untagged legacy keys, which the
+    trust-domain listing cannot find by tag, are added.
+    """
+    mine = {v.arn: v for v in own}
+    merged = [
+        mine[v.arn] if v.arn in mine and v.verdict is Verdict.FRESH else v for v in trust_domain
+    ]
+    listed = {v.arn for v in trust_domain}
+    merged += [v for v in own if v.arn not in listed]
+    return merged
 
 
 def _iso(raw: str | None) -> str | None:
