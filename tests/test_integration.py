@@ -448,7 +448,8 @@ def test_keys_json_is_valid_json_on_stdout(aws: Emulator, proxy: FaultProxy, cli
     assert by_arn[world.kept["aliased stale peer"]]["verdict"] == "alias_fresh"
     assert world.kept["other trust domain"] not in by_arn
     assert world.kept["untagged"] not in by_arn
-    assert world.legacy not in by_arn  # not tagged yet
+    assert by_arn[world.legacy]["verdict"] == "legacy"  # untagged: found through its alias
+    assert by_arn[world.serving]["verdict"] == "serving"
     assert mutations(proxy) == NO_MUTATIONS
 
 
