@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.aws.client import AwsApi
-from daemon.aws.errors import AccessDenied, AwsError, InvalidState, NotFound
+from daemon.aws.errors import AccessDenied, AwsError, InvalidState, NotFound, Stopping
 from daemon.model import (
     KEY_STATE_PENDING_DELETION,
     Action,
@@ -39,6 +39,8 @@ class ExecuteOptions:
 
 
 def _failed(action: Action, exc: AwsError) -> ActionResult:
+    if isinstance(exc, Stopping):
+        return _result(action, Outcome.SKIPPED, "the daemon is stopping")
     return _result(action, Outcome.FAILURE, _describe(exc), denied=isinstance(exc, AccessDenied))
 
 

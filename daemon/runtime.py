@@ -243,6 +243,7 @@ class Daemon:
             os._exit(130)
         log.info("stopping", signal=signum, deadline_seconds=self._stop_deadline)
         sd_notify("STOPPING=1")
+        self.ctx.api.stopping = True
         self._stop.set()
 
     def reload(self) -> None:

@@ -14,7 +14,14 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from daemon.aws.errors import AccessDenied, AwsError, NotFound, Throttled, translate
+from daemon.aws.errors import (
+    AccessDenied,
+    AwsError,
+    NotFound,
+    Stopping,
+    Throttled,
+    translate,
+)
 from daemon.aws.limits import CallStats, RateLimiter
 from daemon.model import AliasMeta, KeyMeta
 
@@ -73,10 +80,13 @@ class AwsApi:
             op: RateLimiter(mutating_calls_per_second) for op in sorted(MUTATING_OPERATIONS)
         }
         self.region: str | None = getattr(getattr(kms, "meta", None), "region_name", None)
+        self.stopping = False  # set on shutdown: calls in flight finish, no new write starts
 
     async def _call(self, client: Any, operation: str, **params: Any) -> dict[str, Any]:
         limiter = self._limits.get(operation)
         if limiter is not None:
+            if self.stopping:
+                raise Stopping(operation, "Stopping", "the daemon is stopping; not sent")
             await limiter.acquire()
         method = getattr(client, _snake(operation))
         async with self._slots:

@@ -85,6 +85,10 @@ class InvalidState(AwsError):
     """The key's state forbids the operation (for example, it is pending deletion)."""
 
 
+class Stopping(AwsError):
+    """The daemon is stopping: no new mutating call is sent."""
+
+
 class Unavailable(AwsError):
     """AWS could not be reached or answered with a server error."""
 

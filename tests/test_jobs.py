@@ -1,4 +1,4 @@
-"""The refresh job stamps with AWS's clock when the local one is far off (integration)."""
+"""Job-level behaviour against the emulator: clock handling and stopping (integration)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from daemon import spire
 from daemon.aws.client import AwsOptions, open_aws
-from daemon.jobs import Context, refresh_once
+from daemon.jobs import Context, reclaim_once, refresh_once
 from daemon.settings import Settings, load_settings
 from devtools.emulator import Emulator
 
@@ -57,3 +57,22 @@ async def test_refresh_stamps_local_time_within_tolerance(aws: Emulator) -> None
         await refresh_once(Context(settings(), SERVER, api))
     stamped = int(aws.tags(arn)[spire.TAG_LAST_UPDATE])
     assert abs(stamped - now.timestamp()) < 30
+
+
+async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) -> None:
+    """On shutdown, calls in flight finish and no new mutating call starts."""
+    now = datetime.now(UTC)
+    arn = aws.spire_key(trust_domain=TD, server_id="peer", key_id="x509-CA-A", alias=False,
+                        last_update=int((now - timedelta(days=20)).timestamp()),
+                        created_at=now - timedelta(days=90))
+    # A second live key keeps the blast-radius fraction at one half.
+    aws.spire_key(trust_domain=TD, server_id="peer2", key_id="x509-CA-A", alias=False,
+                  last_update=int(now.timestamp()), created_at=now - timedelta(days=90))
+    async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
+        api.stopping = True
+        report = await reclaim_once(Context(settings(), SERVER, api))
+    assert {r.outcome.value for r in report.results} == {"skipped"}
+    assert len(report.results) == 2
+    assert report.aws_calls.get("TagResource", 0) == 0
+    assert aws.tags(arn)[spire.TAG_ACTIVE] == "true"
+    assert aws.key_state(arn) == "Enabled"
