@@ -124,6 +124,8 @@ class AliasTarget:
     alias_name: str
     spire_key_id: str
     target: KeyMeta | None  # None: the alias does not exist
+    # Tags already on a target outside this server's tagged keys (empty: none); None: unknown.
+    target_tags: Mapping[str, str] | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,26 @@ async def observe_refresh(
             errors.append(str(err))
             continue
         targets.append(AliasTarget(names[kid], kid, meta))
+    tagged_arns = {r.arn for r in resources}
+    outside = sorted(
+        {t.target.arn for t in targets if t.target is not None and t.target.arn not in tagged_arns}
+    )
+    if outside:
+        # Alias targets outside this server's tagged keys: read their tags before migrating.
+        try:
+            found = await api.get_resources_by_arn(outside)
+            tags_of: dict[str, dict[str, str] | None] = {a: found.get(a, {}) for a in outside}
+        except AccessDenied:
+            raise
+        except AwsError as exc:
+            errors.append(str(exc))
+            tags_of = dict.fromkeys(outside)
+        targets = [
+            replace(t, target_tags=tags_of[t.target.arn])
+            if t.target is not None and t.target.arn in tags_of
+            else t
+            for t in targets
+        ]
     resolved = {t.target.arn: t.target for t in targets if t.target is not None}
     unresolved = [r for r in resources if r.arn not in resolved]
     described = {

@@ -111,6 +111,34 @@ def _group_by_key_id(
     return groups, missing
 
 
+def _identity_conflict(
+    alias: AliasTarget | None, snapshot: RefreshSnapshot, spire_key_id: str
+) -> str | None:
+    """Why an alias target must not be migrated: its tags name another owner, or are unknown.
+
+    Migration writes all five SPIRE tags; it must never take a key from another server, trust
+    domain or key ID. A target that is ours but marked ``spire-active=false`` is re-activated:
+    this server's alias points to it, so it serves.
+    """
+    if alias is None:
+        return None
+    tags = alias.target_tags
+    if tags is None:
+        return f"alias {alias.alias_name}: the target's tags could not be read; not migrated"
+    expected = {
+        spire.TAG_TRUST_DOMAIN: snapshot.trust_domain,
+        spire.TAG_SERVER_ID: snapshot.server_id,
+        spire.TAG_KEY_ID: spire_key_id,
+    }
+    for name, value in expected.items():
+        if name in tags and tags[name] != value:
+            return (
+                f"alias {alias.alias_name} points to a key tagged {name}={tags[name][:80]!r}; "
+                "not retagged"
+            )
+    return None
+
+
 def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy) -> Plan:
     """Decide which keys serve this server, which to migrate, stamp and whose alias to refresh."""
     stamp = spire.format_last_update(_unix(now))
@@ -143,6 +171,8 @@ def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy
                     f"spire-key-id={tagged_key_ids[legacy.arn]}; not retagged",
                 )
             )
+        elif legacy is not None and (conflict := _identity_conflict(alias, snapshot, spire_key_id)):
+            findings.append(Finding(Anomaly.LEGACY_NOT_MIGRATED, legacy.arn, conflict))
         elif legacy is not None:
             base = KeyVerdict(
                 legacy.arn,

@@ -42,6 +42,7 @@ from pydantic_settings.sources import DefaultSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.spire import SPIRE_TAGS, ContractError, validate_server_id_value, validate_trust_domain
+from daemon.spire_config import SpireConfigError, SpireValue, read_spire_server_config
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -669,6 +670,13 @@ class Settings(BaseSettings):
         description="SPIRE's key_identifier_value (A-Za-z0-9/_-, at most 256 bytes). Set this "
         "or key_identifier_file.",
     )
+    spire_server_config: Annotated[Path | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="SPIRE's server configuration file (server.conf, HCL). When set, "
+        "trust_domain and the aws_kms KeyManager's region and key_identifier_file or "
+        "key_identifier_value are read from it; a setting given here or in the environment "
+        "wins (the two key identifier settings count as one).",
+    )
     dry_run: bool = Field(
         default=False,
         description="Observe and decide, log the plan, make no mutating AWS call.",
@@ -859,7 +867,9 @@ def _shorten(value: object) -> str | None:
     return text
 
 
-def _problem(error: ErrorDetails, env_keys: frozenset[str]) -> str:
+def _problem(
+    error: ErrorDetails, env_keys: frozenset[str], origins: Mapping[str, str] | None = None
+) -> str:
     loc = error["loc"]
     name = ".".join(str(part) for part in loc) or "settings"
     kind = error["type"]
@@ -885,7 +895,56 @@ def _problem(error: ErrorDetails, env_keys: frozenset[str]) -> str:
             message += f", got {shown}"
     if _env_name(loc).lower() in env_keys:
         message += f" [from {_env_name(loc)}]"
+    elif origins and name in origins:
+        message += f" [from {origins[name]}]"
     return f"{name}: {message}"
+
+
+_IDENTIFIERS = ("key_identifier_file", "key_identifier_value")
+
+
+def _spire_layer(
+    explicit: Mapping[str, object], data: Mapping[str, object]
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Settings read from SPIRE's server.conf that neither the environment nor the file sets.
+
+    ``explicit`` holds the environment's values, ``data`` the file's. Returns the values, where
+    each came from (for messages) and problems with them. Raises :class:`SettingsError` when the
+    file is unusable.
+    """
+    raw = explicit.get("spire_server_config", data.get("spire_server_config"))
+    if not isinstance(raw, str | Path) or raw == "":
+        return {}, {}, []  # unset, or not a path: validation reports the latter
+    try:
+        spire_config = read_spire_server_config(Path(raw))
+    except SpireConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    given = set(explicit) | set(data)
+    layer: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+
+    def take(name: str, found: SpireValue | None) -> None:
+        if found is not None and name not in given:
+            layer[name] = found.value
+            origins[name] = spire_config.origin(found)
+
+    take("trust_domain", spire_config.trust_domain)
+    take("region", spire_config.region)
+    if not given.intersection(_IDENTIFIERS):
+        found_file = spire_config.key_identifier_file
+        if found_file is not None and not Path(found_file.value).is_absolute():
+            problems.append(
+                f"key_identifier_file: {found_file.value!r} in spire_server_config "
+                f"{spire_config.path} line {found_file.line} is relative to spire-server's "
+                "working directory, which the daemon cannot know; set key_identifier_file (or "
+                f"{ENV_PREFIX}KEY_IDENTIFIER_FILE) to the file's absolute path"
+            )
+        take("key_identifier_file", found_file)
+        take("key_identifier_value", spire_config.key_identifier_value)
+        if len(layer.keys() & set(_IDENTIFIERS)) == 2:
+            origins[_IDENTIFIER_LOC] = f"spire_server_config {spire_config.path}"
+    return layer, origins, problems
 
 
 def load_settings(
@@ -894,7 +953,8 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     required_file: bool = False,
 ) -> Settings:
-    """Load settings: environment over the TOML file at ``path`` over defaults.
+    """Load settings: environment over the TOML file at ``path`` over SPIRE's server.conf
+    (``spire_server_config``, for the values SPIRE and the daemon share) over defaults.
 
     ``path`` None or a missing file means environment and defaults only, unless
     ``required_file``. ``env`` None reads ``os.environ``. Every problem is raised at once as a
@@ -909,10 +969,18 @@ def load_settings(
             raise SettingsError(f"config file {path} does not exist")
 
     problems = _unknown_env_problems(environ)
+    origins: dict[str, str] = {}
     try:
+        env_source = _MappingEnvSettingsSource(Settings, environ)
+        try:
+            spire_data, origins, spire_problems = _spire_layer(env_source(), data)
+        except SettingsError as exc:
+            raise SettingsError([*problems, *exc.problems]) from None
+        problems += spire_problems
         sources: tuple[PydanticBaseSettingsSource, ...] = (
-            _MappingEnvSettingsSource(Settings, environ),
+            env_source,
             _FileSettingsSource(Settings, data),
+            _FileSettingsSource(Settings, spire_data),
             DefaultSettingsSource(Settings),
         )
         # mypy sees pydantic's field-derived __init__, not BaseSettings' source parameters.
@@ -932,7 +1000,7 @@ def load_settings(
         ) from None
     except ValidationError as exc:
         env_keys = frozenset(name.lower() for name in environ)
-        problems += [_problem(error, env_keys) for error in exc.errors()]
+        problems += [_problem(error, env_keys, origins) for error in exc.errors()]
         raise SettingsError(problems) from None
     if problems:
         raise SettingsError(problems)

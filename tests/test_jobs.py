@@ -76,3 +76,20 @@ async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) ->
     assert report.aws_calls.get("TagResource", 0) == 0
     assert aws.tags(arn)[spire.TAG_ACTIVE] == "true"
     assert aws.key_state(arn) == "Enabled"
+
+
+async def test_migration_never_takes_a_key_tagged_for_another_server(aws: Emulator) -> None:
+    """An alias of this server pointing at another server's tagged key: left as it is."""
+    now = datetime.now(UTC)
+    theirs = aws.spire_key(trust_domain=TD, server_id="peer", key_id="x509-CA-A", alias=False,
+                           last_update=int(now.timestamp()), created_at=now - timedelta(days=9))
+    aws.create_alias(spire.alias_name(TD, SERVER, "x509-CA-A"), theirs)
+    legacy = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="JWT-Signer-A",
+                           last_update=None, tagged=False, created_at=now - timedelta(days=9))
+    before = aws.tags(theirs)
+    async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
+        report = await refresh_once(Context(settings(), SERVER, api))
+    assert aws.tags(theirs) == before
+    assert aws.tags(legacy)[spire.TAG_SERVER_ID] == SERVER  # the untagged one is migrated
+    assert "legacy_not_migrated" in {f.anomaly.value for f in report.plan.findings}
+    assert report.aws_calls["GetResources"] == 2  # the td+id scan, then the targets' tags

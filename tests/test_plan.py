@@ -309,6 +309,40 @@ def test_legacy_target_supersedes_tagged_keys() -> None:
     assert verdict_of(plan, tagged.arn) is Verdict.SUPERSEDED
 
 
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("spire-server-td", "other.example.org"),
+        ("spire-server-id", "another-server"),
+        ("spire-key-id", "JWT-Signer-B"),
+    ],
+)
+def test_alias_target_tagged_for_another_owner_not_migrated(tag: str, value: str) -> None:
+    legacy = make_meta(9, created=NOW - 400 * DAY)
+    alias = replace(make_alias_target(ACME, legacy), target_tags={tag: value})
+    plan = refresh(aliases=(alias,))
+    assert actions_of(plan, ActionKind.MIGRATE) == []
+    assert Anomaly.LEGACY_NOT_MIGRATED in anomalies(plan, legacy.arn)
+
+
+def test_alias_target_with_unknown_tags_not_migrated() -> None:
+    legacy = make_meta(9, created=NOW - 400 * DAY)
+    alias = replace(make_alias_target(ACME, legacy), target_tags=None)
+    plan = refresh(aliases=(alias,))
+    assert actions_of(plan, ActionKind.MIGRATE) == []
+    assert Anomaly.LEGACY_NOT_MIGRATED in anomalies(plan, legacy.arn)
+
+
+def test_own_alias_target_marked_inactive_is_reactivated() -> None:
+    """This server's alias points to it, so it serves: all five tags are written again."""
+    legacy = make_meta(9, created=NOW - 400 * DAY)
+    tags = {"spire-server-td": TD, "spire-server-id": OWN, "spire-key-id": ACME,
+            "spire-active": "false"}
+    alias = replace(make_alias_target(ACME, legacy), target_tags=tags)
+    (migrate,) = actions_of(refresh(aliases=(alias,)), ActionKind.MIGRATE)
+    assert migrate.tags["spire-active"] == "true"
+
+
 def test_migration_off_reports_legacy() -> None:
     legacy = make_meta(9)
     plan = refresh(

@@ -143,6 +143,17 @@ class AwsApi:
             if not token:
                 return found
 
+    async def get_resources_by_arn(self, arns: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Return the tags of the given resources (untagged ones are absent), 100 ARNs a call."""
+        found: dict[str, dict[str, str]] = {}
+        for batch in _chunks(arns, GET_RESOURCES_PAGE):
+            page = await self._call(self._tagging, "GetResources", ResourceARNList=list(batch))
+            for item in page.get("ResourceTagMappingList", []):
+                arn = item.get("ResourceARN")
+                if arn:
+                    found[arn] = {t["Key"]: t.get("Value", "") for t in item.get("Tags", [])}
+        return found
+
     async def iter_aliases(self, key_id: str | None = None) -> AsyncIterator[AliasMeta]:
         """Yield aliases of the account (or of one key), following every page."""
         marker: str | None = None
