@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -138,27 +139,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.BAD_CONFIG
 
 
-def _no_region(exc: Exception) -> bool:
-    return type(exc).__name__ == "NoRegionError"
+@asynccontextmanager
+async def aws_session(settings: Settings) -> AsyncIterator[AwsApi]:
+    """Open the AWS clients; a missing region is a configuration problem (exit code 2)."""
+    try:
+        async with open_aws(aws_options(settings)) as api:
+            yield api
+    except Exception as exc:
+        if type(exc).__name__ == "NoRegionError":
+            raise ConfigProblem(
+                "no AWS region: set region in the settings, or AWS_DEFAULT_REGION"
+            ) from None
+        raise
 
 
 async def _once(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
     jobs = [Job.REFRESH, Job.RECLAIM] if args.job == "all" else [Job(args.job)]
     reports: list[RunReport] = []
-    try:
-        async with open_aws(aws_options(settings)) as api:
-            ctx = Context(settings, server_id, api, dry_run=args.dry_run)
-            for job in jobs:
-                if job is Job.RECLAIM and not settings.reclaim.enabled:
-                    print("reclaim: disabled in settings ([reclaim] enabled = false)", file=out)
-                    continue
-                report = await (refresh_once(ctx) if job is Job.REFRESH else reclaim_once(ctx))
-                reports.append(report)
-                print_report(report, out)
-    except Exception as exc:
-        if _no_region(exc):
-            raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
-        raise
+    async with aws_session(settings) as api:
+        ctx = Context(settings, server_id, api, dry_run=args.dry_run)
+        for job in jobs:
+            if job is Job.RECLAIM and not settings.reclaim.enabled:
+                print("reclaim: disabled in settings ([reclaim] enabled = false)", file=out)
+                continue
+            report = await (refresh_once(ctx) if job is Job.REFRESH else reclaim_once(ctx))
+            reports.append(report)
+            print_report(report, out)
     return exit_code(reports)
 
 
@@ -169,13 +175,8 @@ async def _run(args: argparse.Namespace, settings: Settings, server_id: str, out
         fresh = load(args)
         return fresh, resolve_server_id(fresh)
 
-    try:
-        async with open_aws(aws_options(settings)) as api:
-            return await serve(settings, server_id, api, reload=reload)
-    except Exception as exc:
-        if _no_region(exc):
-            raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
-        raise
+    async with aws_session(settings) as api:
+        return await serve(settings, server_id, api, reload=reload)
 
 
 def exit_code(reports: Sequence[RunReport]) -> int:
@@ -229,7 +230,7 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
     now = datetime.now(UTC)
     policy = reclaim_policy(settings)
     try:
-        async with open_aws(aws_options(settings)) as api:
+        async with aws_session(settings) as api:
             observed = await observe_reclaim(
                 api, settings.trust_domain, server_id, now, policy, describe_all=True
             )
@@ -245,10 +246,6 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
     except AwsError as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.FAILURES
-    except Exception as exc:
-        if _no_region(exc):
-            raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
-        raise
     verdicts = merge_verdicts(
         plan_reclaim(observed.snapshot, now, policy).verdicts,
         plan_refresh(own.snapshot, now, refresh_policy(settings)).verdicts,
@@ -331,22 +328,17 @@ async def _check(args: argparse.Namespace, settings: Settings, server_id: str, o
     print(f"settings: ok (trust domain {settings.trust_domain}, server ID {server_id})", file=out)
     results: list[tuple[str, str, str]] = []
     denied = failed = False
-    try:
-        async with open_aws(aws_options(settings)) as api:
-            for permission, needed_by, probe in _probes(api, settings, server_id):
-                try:
-                    detail = await probe()
-                    results.append((permission, needed_by, f"ok{detail}"))
-                except AccessDenied as exc:
-                    denied = True
-                    results.append((permission, needed_by, f"DENIED: {exc.explain()}"))
-                except AwsError as exc:
-                    failed = True
-                    results.append((permission, needed_by, f"error: {exc}"))
-    except Exception as exc:
-        if _no_region(exc):
-            raise ConfigProblem("no AWS region: set region in the settings or AWS_REGION") from None
-        raise
+    async with aws_session(settings) as api:
+        for permission, needed_by, probe in _probes(api, settings, server_id):
+            try:
+                detail = await probe()
+                results.append((permission, needed_by, f"ok{detail}"))
+            except AccessDenied as exc:
+                denied = True
+                results.append((permission, needed_by, f"DENIED: {exc.explain()}"))
+            except AwsError as exc:
+                failed = True
+                results.append((permission, needed_by, f"error: {exc}"))
     for permission in (
         "kms:TagResource",
         "tag:TagResources",

@@ -657,8 +657,8 @@ class Settings(BaseSettings):
     )
     region: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
-        description="AWS region of the keys (e.g. us-east-1); unset: AWS_REGION, "
-        "AWS_DEFAULT_REGION or the profile.",
+        description="AWS region of the keys (e.g. us-east-1); unset: AWS_DEFAULT_REGION or the "
+        "profile's region.",
     )
     key_identifier_file: Annotated[Path | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,

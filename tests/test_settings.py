@@ -628,3 +628,32 @@ def test_json_dump_renders_durations_readably() -> None:
     assert dumped["refresh"]["interval"] == "6h"
     schema = Settings.model_json_schema()
     assert schema["$defs"]["ReclaimSettings"]["properties"]["stale_after"]["default"] == "14d"
+
+
+# --- SPIRE's server.conf (spire_server_config; more in tests/test_spire_config.py) -------------
+
+
+def test_spire_server_config_is_unset_by_default() -> None:
+    assert load_settings(None, env=MINIMAL_ENV).spire_server_config is None
+
+
+def test_spire_server_config_from_the_environment_is_a_known_setting(tmp_path: Path) -> None:
+    conf = tmp_path / "server.conf"
+    conf.write_text(
+        'server { trust_domain = "example.org" }\n'
+        'plugins { KeyManager "aws_kms" { plugin_data { region = "us-east-1" } } }\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(None, env={**MINIMAL_ENV, f"{P}SPIRE_SERVER_CONFIG": str(conf)})
+    assert settings.spire_server_config == conf
+    assert settings.region == "us-east-1"
+    assert settings.key_identifier_value == "server-1"
+
+
+def test_missing_spire_server_config_is_reported(tmp_path: Path) -> None:
+    problem = one_problem(
+        minimal_file(tmp_path, f'spire_server_config = "{tmp_path / "absent.conf"}"\n')
+    )
+    assert problem == (
+        f"spire_server_config {tmp_path / 'absent.conf'}: cannot read it: No such file or directory"
+    )
