@@ -29,7 +29,7 @@ from daemon.jobs import (
 from daemon.model import Job, KeyVerdict, Outcome, RunReport, Verdict
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
 from daemon.plan import plan_reclaim, plan_refresh
-from daemon.runtime import serve
+from daemon.runtime import StartupError, serve
 from daemon.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
 log = structlog.get_logger("daemon.cli")
@@ -175,8 +175,11 @@ async def _run(args: argparse.Namespace, settings: Settings, server_id: str, out
         fresh = load(args)
         return fresh, resolve_server_id(fresh)
 
-    async with aws_session(settings) as api:
-        return await serve(settings, server_id, api, reload=reload)
+    try:
+        async with aws_session(settings) as api:
+            return await serve(settings, server_id, api, reload=reload)
+    except StartupError as exc:
+        raise ConfigProblem(str(exc)) from None
 
 
 def exit_code(reports: Sequence[RunReport]) -> int:

@@ -20,8 +20,9 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from daemon import logs
 from daemon.aws.client import AwsApi
-from daemon.jobs import Context, reclaim_once, refresh_once
+from daemon.jobs import Context, log_summary, reclaim_once, refresh_once
 from daemon.metrics import Metrics
 from daemon.model import Job, Outcome, Plan, RunReport
 from daemon.settings import Settings
@@ -48,6 +49,10 @@ def sd_notify(message: str) -> bool:
         log.warning("sd_notify_failed", error=str(exc))
         return False
     return True
+
+
+class StartupError(Exception):
+    """The daemon cannot start (for example, its metrics address is taken)."""
 
 
 @dataclass(slots=True)
@@ -137,7 +142,14 @@ class Daemon:
         await self._runner.setup()
         address = self.settings.metrics
         self._site = web.TCPSite(self._runner, address.host, address.port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartupError(
+                f"cannot listen on metrics.listen_address {address.listen_address}: "
+                f"{exc.strerror or exc}"
+            ) from None
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else address.port
@@ -148,6 +160,11 @@ class Daemon:
     async def run_job(self, job: Job) -> RunReport | None:
         """Run one job now (skipped while stopping), record it and schedule a retry if needed."""
         if self._stop.is_set():
+            return None
+        running = self._running.get(job)
+        if running is not None and not running.done():
+            # A retry and a scheduled tick are separate scheduler jobs: never run both at once.
+            log.info("run_skipped", job=job.value, detail="a run of this job is in progress")
             return None
         task = asyncio.current_task()
         assert task is not None
@@ -164,6 +181,7 @@ class Daemon:
                 except Exception as exc:  # a bug, not an AWS failure: report it, keep serving
                     log.exception("run_crashed")
                     report = crashed_report(job, self.ctx.clock(), exc)
+                    log_summary(report)
         finally:
             self._running.pop(job, None)
         self._record(report)
@@ -210,7 +228,7 @@ class Daemon:
         )
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        """(Re)create the two interval jobs from the settings in force."""
+        """Create the two interval jobs: refresh now, reclaim after its start delay."""
         now = self.ctx.clock()
         refresh, reclaim = self.settings.refresh, self.settings.reclaim
         scheduler.add_job(
@@ -230,8 +248,28 @@ class Daemon:
                 replace_existing=True,
                 next_run_time=now + reclaim.start_delay,
             )
-        elif scheduler.get_job("reclaim") is not None:
-            scheduler.remove_job("reclaim")
+
+    def reschedule(self, scheduler: AsyncIOScheduler, old: Settings) -> None:
+        """Apply changed intervals after a reload, without running anything early."""
+        new = self.settings
+        if (new.refresh.interval, new.refresh.jitter) != (old.refresh.interval, old.refresh.jitter):
+            scheduler.reschedule_job(
+                "refresh", trigger=_trigger(new.refresh.interval, new.refresh.jitter)
+            )
+        reclaim, before = new.reclaim, old.reclaim
+        if not reclaim.enabled:
+            if scheduler.get_job("reclaim") is not None:
+                scheduler.remove_job("reclaim")
+        elif scheduler.get_job("reclaim") is None:
+            scheduler.add_job(
+                self.run_job,
+                _trigger(reclaim.interval, reclaim.jitter),
+                args=[Job.RECLAIM],
+                id="reclaim",
+                next_run_time=self.ctx.clock() + reclaim.start_delay,
+            )
+        elif (reclaim.interval, reclaim.jitter) != (before.interval, before.jitter):
+            scheduler.reschedule_job("reclaim", trigger=_trigger(reclaim.interval, reclaim.jitter))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -260,10 +298,13 @@ class Daemon:
             kept.append("region and [aws] take effect on restart")
         if settings.metrics != self.settings.metrics:
             kept.append("[metrics] takes effect on restart")
+        old = self.settings
         self.ctx.settings = settings
         self.ctx.server_id = server_id
+        if settings.log != old.log:
+            logs.configure(settings.log.format, settings.log.level)
         if self.scheduler is not None:
-            self.schedule(self.scheduler)
+            self.reschedule(self.scheduler, old)
         log.info("reloaded", notes=kept)
 
     async def _watchdog(self) -> None:
