@@ -22,6 +22,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from daemon import logs
 from daemon.aws.client import AwsApi
+from daemon.durations import format_duration
 from daemon.jobs import Context, log_summary, reclaim_once, refresh_once
 from daemon.metrics import Metrics
 from daemon.model import Job, Outcome, Plan, RunReport
@@ -339,8 +340,8 @@ class Daemon:
             "started",
             trust_domain=self.ctx.trust_domain,
             server_id=self.ctx.server_id,
-            refresh_interval=str(self.settings.refresh.interval),
-            reclaim_interval=str(self.settings.reclaim.interval),
+            refresh_interval=format_duration(self.settings.refresh.interval),
+            reclaim_interval=format_duration(self.settings.reclaim.interval),
             dry_run=self.ctx.dry_run or self.settings.dry_run,
         )
         await self._stop.wait()

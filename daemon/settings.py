@@ -13,7 +13,6 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -23,9 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
-    PlainSerializer,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -41,6 +38,7 @@ from pydantic_settings import SettingsError as _PydanticSettingsError
 from pydantic_settings.sources import DefaultSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
+from daemon.durations import Duration, format_duration, parse_duration, try_duration
 from daemon.spire import SPIRE_TAGS, ContractError, validate_server_id_value, validate_trust_domain
 from daemon.spire_config import SpireConfigError, SpireValue, read_spire_server_config
 
@@ -79,142 +77,6 @@ class SettingsError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
-
-
-# --- durations ---------------------------------------------------------------------------------
-
-_UNIT_MICROSECONDS: dict[str, int] = {
-    "d": 86_400_000_000,
-    "h": 3_600_000_000,
-    "m": 60_000_000,
-    "s": 1_000_000,
-    "ms": 1_000,
-}
-_UNIT_ORDER = tuple(_UNIT_MICROSECONDS)
-# "ms" comes before "m" so that "5ms" is not read as 5 minutes followed by garbage.
-_DURATION_RE = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|d|h|m|s))+")
-_COMPONENT_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|d|h|m|s)")
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
-_DURATION_HINT = "a number with a unit d, h, m, s or ms, e.g. 90s, 15m, 6h, 14d, 1h30m"
-
-
-def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """Parse ``90s``, ``15m``, ``6h``, ``14d``, compounds like ``1h30m``, or int/float seconds.
-
-    Units appear once each, largest first. Negative, empty and malformed values raise ValueError.
-    """
-    if isinstance(value, bool):  # bool is an int subclass: True is not "1 second"
-        raise ValueError(f"expected a duration ({_DURATION_HINT}), got a boolean")
-    if isinstance(value, timedelta):
-        if value < timedelta(0):
-            raise ValueError(f"must not be negative, got {format_duration(value)}")
-        return value
-    if isinstance(value, int | float):
-        return _seconds_to_timedelta(value)
-    if not isinstance(value, str):
-        raise ValueError(f"expected a duration ({_DURATION_HINT}), got {type(value).__name__}")
-    text = value.strip()
-    if not text:
-        raise ValueError(f"must not be empty (expected {_DURATION_HINT})")
-    if text.startswith("-"):
-        raise ValueError(f"must not be negative, got {value!r}")
-    if _NUMBER_RE.fullmatch(text):
-        if Decimal(text) == 0:
-            return timedelta(0)
-        raise ValueError(
-            f"missing unit in {value!r} (write {text}s for seconds; units: d, h, m, s, ms)"
-        )
-    if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"invalid duration {value!r} (expected {_DURATION_HINT})")
-    total = Decimal(0)
-    previous = -1
-    for number, unit in _COMPONENT_RE.findall(text):
-        rank = _UNIT_ORDER.index(unit)
-        if rank <= previous:
-            raise ValueError(
-                f"invalid duration {value!r}: units must appear once each, largest first "
-                "(e.g. 1h30m)"
-            )
-        previous = rank
-        total += Decimal(number) * _UNIT_MICROSECONDS[unit]
-    return _microseconds_to_timedelta(total, value)
-
-
-def _seconds_to_timedelta(seconds: int | float) -> timedelta:
-    if isinstance(seconds, float) and not math.isfinite(seconds):
-        raise ValueError(f"must be a finite number of seconds, got {seconds!r}")
-    if seconds < 0:
-        raise ValueError(f"must not be negative, got {seconds!r}")
-    try:
-        micro = Decimal(seconds) * _UNIT_MICROSECONDS["s"]
-    except InvalidOperation:  # pragma: no cover - finite ints and floats always convert
-        raise ValueError(f"invalid duration {seconds!r}") from None
-    return _microseconds_to_timedelta(micro, seconds)
-
-
-def _microseconds_to_timedelta(micro: Decimal, original: object) -> timedelta:
-    try:
-        return timedelta(microseconds=int(micro.to_integral_value()))
-    except OverflowError:
-        raise ValueError(f"duration {original!r} is too large") from None
-
-
-def format_duration(td: timedelta) -> str:
-    """Render a duration the way :func:`parse_duration` reads it: ``6h``, ``14d``, ``1h30m``."""
-    micro = (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
-    if micro == 0:
-        return "0s"
-    sign = "-" if micro < 0 else ""
-    micro = abs(micro)
-    parts: list[str] = []
-    for unit in ("d", "h", "m"):
-        count, micro = divmod(micro, _UNIT_MICROSECONDS[unit])
-        if count:
-            parts.append(f"{count}{unit}")
-    seconds, micro = divmod(micro, _UNIT_MICROSECONDS["s"])
-    if micro % 1_000:
-        fraction = f"{micro:06d}".rstrip("0")
-        parts.append(f"{seconds}.{fraction}s")
-    else:
-        if seconds:
-            parts.append(f"{seconds}s")
-        if micro:
-            parts.append(f"{micro // 1_000}ms")
-    return sign + "".join(parts)
-
-
-def _duration_before(value: object) -> object:
-    if isinstance(value, str | int | float | timedelta):
-        return parse_duration(value)
-    raise ValueError(f"expected a duration ({_DURATION_HINT}), got {type(value).__name__}")
-
-
-def _duration_json(td: timedelta) -> str:
-    return format_duration(td)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration_before),
-    PlainSerializer(_duration_json, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(\d+(\.\d*)?(d|h|m|s|ms))+$",
-            "examples": ["90s", "15m", "6h", "14d", "1h30m"],
-        }
-    ),
-]
-"""A :class:`~datetime.timedelta` read by :func:`parse_duration`, shown as ``6h`` in JSON."""
-
-
-def _try_duration(value: object) -> timedelta | None:
-    """Best-effort parse for cross-field checks; a bad value is already reported on its own."""
-    try:
-        parsed = _duration_before(value)
-    except (ValueError, TypeError):
-        return None
-    return parsed if isinstance(parsed, timedelta) else None
 
 
 # --- cross-field checks that still run when other fields fail ---------------------------------
@@ -379,7 +241,7 @@ def _refresh_cross_checks(data: object) -> list[InitErrorDetails]:
     raw_scan = _raw(
         data, "alias_scan_interval", _field_default(RefreshSettings, "alias_scan_interval")
     )
-    interval, scan = _try_duration(raw_interval), _try_duration(raw_scan)
+    interval, scan = try_duration(raw_interval), try_duration(raw_scan)
     if interval is None or scan is None or scan <= timedelta(0) or scan >= interval:
         return []
     return [
@@ -748,9 +610,9 @@ def _settings_cross_checks(data: object) -> list[InitErrorDetails]:
         errors.append(_cross_error((_IDENTIFIER_LOC,), _BOTH_IDENTIFIERS, None))
 
     refresh, reclaim = _raw(data, "refresh"), _raw(data, "reclaim")
-    interval = _try_duration(_raw(refresh, "interval", _field_default(RefreshSettings, "interval")))
+    interval = try_duration(_raw(refresh, "interval", _field_default(RefreshSettings, "interval")))
     raw_stale = _raw(reclaim, "stale_after", _field_default(ReclaimSettings, "stale_after"))
-    stale_after = _try_duration(raw_stale)
+    stale_after = try_duration(raw_stale)
     if (
         interval is not None
         and stale_after is not None
