@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -21,6 +21,8 @@ from daemon.model import (
 )
 
 log = structlog.get_logger("daemon.execute")
+
+_YIELD_EVERY = 50
 
 
 @dataclass(slots=True)
@@ -77,19 +79,35 @@ async def execute(
 
     results: list[ActionResult] = []
     results += await asyncio.gather(*(_migrate(api, a) for a in by_kind[ActionKind.MIGRATE]))
-    results += await _stamp(api, by_kind[ActionKind.STAMP], mode)
+    stamps = by_kind[ActionKind.STAMP]
+    errors = await _tag_batched(api, stamps, mode)
+    results += await _report(stamps, errors)
     results += await asyncio.gather(
         *(_refresh_alias(api, a) for a in by_kind[ActionKind.REFRESH_ALIAS])
     )
-    reclaim: dict[str, list[Action]] = defaultdict(list)
-    for kind in (ActionKind.MARK_INACTIVE, ActionKind.SCHEDULE_DELETION):
-        for action in by_kind[kind]:
-            reclaim[action.arn].append(action)
-    for key_results in await asyncio.gather(
-        *(_reclaim(api, steps, options.pending_window_days) for steps in reclaim.values())
-    ):
-        results += key_results
+    results += await _reclaim(
+        api,
+        by_kind[ActionKind.MARK_INACTIVE],
+        by_kind[ActionKind.SCHEDULE_DELETION],
+        options.pending_window_days,
+        mode,
+    )
     return tuple(results)
+
+
+async def _report(
+    actions: Sequence[Action], errors: Mapping[str, AwsError | None]
+) -> list[ActionResult]:
+    """One result per action from its error (None: done), yielding to the loop as it goes."""
+    results: list[ActionResult] = []
+    for index, action in enumerate(actions, 1):
+        err = errors.get(action.arn)
+        results.append(
+            _failed(action, err) if err is not None else _result(action, Outcome.SUCCESS)
+        )
+        if index % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # keep /metrics and /healthz answering during large runs
+    return results
 
 
 async def _migrate(api: AwsApi, action: Action) -> ActionResult:
@@ -100,38 +118,41 @@ async def _migrate(api: AwsApi, action: Action) -> ActionResult:
     return _result(action, Outcome.SUCCESS)
 
 
-async def _stamp(api: AwsApi, actions: Sequence[Action], mode: TaggingMode) -> list[ActionResult]:
-    if not actions:
-        return []
+async def _tag_one(api: AwsApi, action: Action) -> AwsError | None:
+    try:
+        await api.tag_resource(action.key_id, action.tags)
+    except AwsError as exc:
+        return exc
+    return None
+
+
+async def _tag_batched(
+    api: AwsApi, actions: Sequence[Action], mode: TaggingMode
+) -> dict[str, AwsError | None]:
+    """Apply each action's tags through tag:TagResources, 20 keys a call, or kms:TagResource.
+
+    Returns each key ARN's error, or None where the tags were applied.
+    """
     groups: dict[tuple[tuple[str, str], ...], list[Action]] = defaultdict(list)
     for action in actions:
         groups[tuple(sorted(action.tags.items()))].append(action)
-    results: list[ActionResult] = []
+    errors: dict[str, AwsError | None] = {}
     for tags, group in groups.items():
         if mode.batch:
             try:
                 failed = await api.tag_resources([a.arn for a in group], dict(tags))
             except AccessDenied as exc:
-                log.warning(
-                    "tag_resources_denied",
-                    fallback="kms:TagResource",
-                    error=exc.explain(),
-                )
+                log.warning("tag_resources_denied", fallback="kms:TagResource", error=exc.explain())
                 mode.batch = False
             except AwsError as exc:
-                results += [_failed(a, exc) for a in group]
+                errors.update(dict.fromkeys((a.arn for a in group), exc))
                 continue
             else:
-                for action in group:
-                    err = failed.get(action.arn)
-                    results.append(
-                        _failed(action, err)
-                        if err is not None
-                        else _result(action, Outcome.SUCCESS)
-                    )
+                errors.update({a.arn: failed.get(a.arn) for a in group})
                 continue
-        results += await asyncio.gather(*(_migrate(api, a) for a in group))
-    return results
+        outcomes = await asyncio.gather(*(_tag_one(api, a) for a in group))
+        errors.update(zip((a.arn for a in group), outcomes, strict=True))
+    return errors
 
 
 async def _refresh_alias(api: AwsApi, action: Action) -> ActionResult:
@@ -155,34 +176,65 @@ async def _pending(api: AwsApi, key_id: str) -> bool:
 
 
 async def _reclaim(
-    api: AwsApi, steps: Sequence[Action], pending_window_days: int
+    api: AwsApi,
+    marks: Sequence[Action],
+    schedules: Sequence[Action],
+    pending_window_days: int,
+    mode: TaggingMode,
 ) -> list[ActionResult]:
-    """Mark a key inactive, then schedule its deletion; stop at the first real failure."""
+    """Mark keys inactive (batched), then schedule deletion of those marked and of completions.
+
+    A key is scheduled only once its mark is in place: tags freeze once deletion is pending. A
+    key someone else scheduled meanwhile counts as done.
+    """
+    schedule_of = {a.arn: a for a in schedules}
+    marked = {a.arn for a in marks}
+    to_schedule = [a for a in schedules if a.arn not in marked]  # completions
+    errors = await _tag_batched(api, marks, mode)
+    failed = [a for a in marks if errors.get(a.arn) is not None]
+    pending = await asyncio.gather(
+        *(
+            _pending(api, a.key_id) if not isinstance(errors[a.arn], Stopping) else _false()
+            for a in failed
+        )
+    )
+    already = {a.arn for a, is_pending in zip(failed, pending, strict=True) if is_pending}
     results: list[ActionResult] = []
-    for index, action in enumerate(steps):
-        try:
-            if action.kind is ActionKind.MARK_INACTIVE:
-                await api.tag_resource(action.key_id, action.tags)
-            else:
-                await api.schedule_key_deletion(action.key_id, pending_window_days)
-        except (InvalidState, NotFound) as exc:
-            if await _pending(api, action.key_id):
-                # Someone (another daemon, a SPIRE server) scheduled it first: done.
-                results.append(_result(action, Outcome.SUCCESS, None))
-                results += [_result(rest, Outcome.SUCCESS, None) for rest in steps[index + 1 :]]
-                return results
-            results.append(_failed(action, exc))
-        except AwsError as exc:
-            results.append(_failed(action, exc))
+    for mark in marks:
+        schedule = schedule_of.get(mark.arn)
+        err = errors.get(mark.arn)
+        if err is None:
+            results.append(_result(mark, Outcome.SUCCESS))
+            if schedule is not None:
+                to_schedule.append(schedule)
+        elif mark.arn in already:
+            results.append(_result(mark, Outcome.SUCCESS))  # scheduled by someone else: done
+            if schedule is not None:
+                results.append(_result(schedule, Outcome.SUCCESS))
         else:
-            results.append(_result(action, Outcome.SUCCESS))
-            continue
-        results += [
-            _result(rest, Outcome.SKIPPED, "an earlier step for this key failed")
-            for rest in steps[index + 1 :]
-        ]
-        return results
+            results.append(_failed(mark, err))
+            if schedule is not None:
+                results.append(
+                    _result(schedule, Outcome.SKIPPED, "the key could not be marked inactive")
+                )
+    results += await asyncio.gather(*(_schedule(api, a, pending_window_days) for a in to_schedule))
     return results
+
+
+async def _false() -> bool:
+    return False
+
+
+async def _schedule(api: AwsApi, action: Action, pending_window_days: int) -> ActionResult:
+    try:
+        await api.schedule_key_deletion(action.key_id, pending_window_days)
+    except (InvalidState, NotFound) as exc:
+        if await _pending(api, action.key_id):
+            return _result(action, Outcome.SUCCESS)  # someone scheduled it first: done
+        return _failed(action, exc)
+    except AwsError as exc:
+        return _failed(action, exc)
+    return _result(action, Outcome.SUCCESS)
 
 
 def _describe(exc: AwsError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -96,9 +97,11 @@ async def refresh_once(ctx: Context) -> RunReport:
         legacy = await _legacy_aliases(ctx, now)
         observed = await observe_refresh(ctx.api, ctx.trust_domain, ctx.server_id, legacy)
         stamp_time = _stamp_time(ctx, now)
-        return plan_refresh(observed.snapshot, stamp_time, refresh_policy(ctx.settings)), (
-            observed.errors
+        # The planner is pure: a large trust domain is planned off the event loop.
+        plan = await asyncio.to_thread(
+            plan_refresh, observed.snapshot, stamp_time, refresh_policy(ctx.settings)
         )
+        return plan, observed.errors
 
     return await _run(ctx, Job.REFRESH, body)
 
@@ -128,7 +131,8 @@ async def reclaim_once(ctx: Context) -> RunReport:
 
     async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
         observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, now, policy)
-        return plan_reclaim(observed.snapshot, now, policy), observed.errors
+        plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, now, policy)
+        return plan, observed.errors
 
     return await _run(ctx, Job.RECLAIM, body)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -55,6 +55,11 @@ async def scan_own_aliases(api: AwsApi, trust_domain: str, server_id: str) -> tu
     prefix = spire.alias_prefix(trust_domain, server_id)
     own = [a async for a in api.iter_aliases() if a.name.startswith(prefix)]
     return tuple(a for a in own if spire.parse_alias(a.name, trust_domain, server_id))
+
+
+def _relevant(tags: Mapping[str, str], protect_tag: str) -> dict[str, str]:
+    """Keep the tags the planner reads (SPIRE's and the protect tag); drop the rest."""
+    return {k: v for k, v in tags.items() if k.startswith("spire-") or k == protect_tag}
 
 
 async def _describe_alias(api: AwsApi, name: str) -> KeyMeta | None:
@@ -156,7 +161,8 @@ async def observe_reclaim(
     the ``keys`` listing.
     """
     resources = await api.get_resources({spire.TAG_TRUST_DOMAIN: [trust_domain]})
-    keys = [ObservedKey(r.arn, dict(r.tags)) for r in resources]
+    keys = [ObservedKey(r.arn, _relevant(r.tags, policy.protect_tag)) for r in resources]
+    del resources  # a large trust domain: keep one copy of what matters, not two
     candidates = [k for k in keys if describe_all or needs_state(k, trust_domain, now, policy)]
 
     # For this server's own stale-looking keys, which key serves is decided as refresh does:

@@ -38,6 +38,7 @@ from typing import Any
 from moto.core.base_backend import AccountSpecificBackend
 from moto.kms.models import Key, KmsBackend, kms_backends
 from moto.moto_server.werkzeug_app import MotoRequestHandler
+from moto.resourcegroupstaggingapi.models import ResourceGroupsTaggingAPIBackend
 from moto.server import ThreadedMotoServer
 
 from daemon import spire
@@ -68,6 +69,30 @@ _DEFAULT_POLICY = json.dumps(
 # What AWS (and moto's CreateAlias handler) accept for an alias name.
 _ALIAS_RE = re.compile(r"alias/[a-zA-Z0-9/_-]+")
 _ALIAS_MAX_LEN = 256
+
+
+def _pages_by_resources_per_page() -> None:
+    """Make GetResources pages hold ResourcesPerPage resources, as AWS documents.
+
+    moto also cuts a page at its default TagsPerPage of 100 tags, so a page of SPIRE keys (five
+    tags each) holds 19 of them, where AWS returns up to ResourcesPerPage (1 to 100). Counting
+    pages on the emulator would otherwise overstate the daemon's GetResources calls fivefold.
+    A request naming another TagsPerPage keeps it (an explicit 100 cannot be told apart).
+    """
+    original = ResourceGroupsTaggingAPIBackend.get_resources
+    if getattr(original, "_pages_by_resources", False):
+        return
+
+    def get_resources(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("tags_per_page", 100) == 100:  # moto's default, not the caller's
+            kwargs["tags_per_page"] = 1_000_000
+        return original(self, *args, **kwargs)
+
+    get_resources._pages_by_resources = True  # type: ignore[attr-defined]
+    ResourceGroupsTaggingAPIBackend.get_resources = get_resources  # type: ignore[method-assign]
+
+
+_pages_by_resources_per_page()
 
 
 def free_port() -> int:

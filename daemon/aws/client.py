@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ class AwsApi:
             for item in page.get("ResourceTagMappingList", []):
                 arn = item.get("ResourceARN")
                 if arn:
-                    tags = {t["Key"]: t.get("Value", "") for t in item.get("Tags", [])}
+                    tags = {sys.intern(t["Key"]): t.get("Value", "") for t in item.get("Tags", [])}
                     found.append(TaggedResource(arn, tags))
             token = page.get("PaginationToken") or ""
             if not token:
