@@ -1,0 +1,1 @@
+"""Benchmark: the daemon's AWS call counts against SPIRE's legacy alias-based scans."""
