@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from daemon.aio import map_pooled
 from daemon.aws.client import AwsApi
 from daemon.aws.errors import AccessDenied, AwsError, InvalidState, NotFound, Stopping
 from daemon.model import (
@@ -78,13 +79,11 @@ async def execute(
         by_kind[action.kind].append(action)
 
     results: list[ActionResult] = []
-    results += await asyncio.gather(*(_migrate(api, a) for a in by_kind[ActionKind.MIGRATE]))
+    results += await map_pooled(by_kind[ActionKind.MIGRATE], lambda a: _migrate(api, a))
     stamps = by_kind[ActionKind.STAMP]
     errors = await _tag_batched(api, stamps, mode)
     results += await _report(stamps, errors)
-    results += await asyncio.gather(
-        *(_refresh_alias(api, a) for a in by_kind[ActionKind.REFRESH_ALIAS])
-    )
+    results += await map_pooled(by_kind[ActionKind.REFRESH_ALIAS], lambda a: _refresh_alias(api, a))
     results += await _reclaim(
         api,
         by_kind[ActionKind.MARK_INACTIVE],
@@ -150,7 +149,7 @@ async def _tag_batched(
             else:
                 errors.update({a.arn: failed.get(a.arn) for a in group})
                 continue
-        outcomes = await asyncio.gather(*(_tag_one(api, a) for a in group))
+        outcomes = await map_pooled(group, lambda a: _tag_one(api, a))
         errors.update(zip((a.arn for a in group), outcomes, strict=True))
     return errors
 
@@ -192,11 +191,9 @@ async def _reclaim(
     to_schedule = [a for a in schedules if a.arn not in marked]  # completions
     errors = await _tag_batched(api, marks, mode)
     failed = [a for a in marks if errors.get(a.arn) is not None]
-    pending = await asyncio.gather(
-        *(
-            _pending(api, a.key_id) if not isinstance(errors[a.arn], Stopping) else _false()
-            for a in failed
-        )
+    pending = await map_pooled(
+        failed,
+        lambda a: _false() if isinstance(errors[a.arn], Stopping) else _pending(api, a.key_id),
     )
     already = {a.arn for a, is_pending in zip(failed, pending, strict=True) if is_pending}
     results: list[ActionResult] = []
@@ -217,7 +214,7 @@ async def _reclaim(
                 results.append(
                     _result(schedule, Outcome.SKIPPED, "the key could not be marked inactive")
                 )
-    results += await asyncio.gather(*(_schedule(api, a, pending_window_days) for a in to_schedule))
+    results += await map_pooled(to_schedule, lambda a: _schedule(api, a, pending_window_days))
     return results
 
 

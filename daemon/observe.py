@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from daemon import spire
+from daemon.aio import map_pooled
 from daemon.aws.client import AwsApi
 from daemon.aws.errors import AccessDenied, AwsError, NotFound
 from daemon.model import (
@@ -37,7 +37,7 @@ class Observed(Generic[S]):
 async def _each(
     items: Iterable[T], call: Callable[[T], Awaitable[R]]
 ) -> list[tuple[T, R | None, AwsError | None]]:
-    """Run ``call`` on every item concurrently; a missing permission aborts, other errors don't."""
+    """Run ``call`` on every item, a few at a time; a missing permission aborts, others don't."""
 
     async def one(item: T) -> tuple[T, R | None, AwsError | None]:
         try:
@@ -47,7 +47,7 @@ async def _each(
         except AwsError as exc:
             return item, None, exc
 
-    return list(await asyncio.gather(*(one(i) for i in items)))
+    return await map_pooled(list(items), one)
 
 
 async def scan_own_aliases(api: AwsApi, trust_domain: str, server_id: str) -> tuple[AliasMeta, ...]:
