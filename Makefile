@@ -26,5 +26,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check daemon
 	$(BIN)/mypy daemon
 
+## bench: AWS calls per cycle against SPIRE's legacy alias scans; writes bench/results.json
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+## reliability: the failure matrix against the emulator, as a table (faults, runs, converged, keys wrongly touched)
+.PHONY: reliability
+reliability: $(STAMP)
+	$(BIN)/python -m devtools.reliability
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -28,7 +28,7 @@ from daemon.jobs import (
 )
 from daemon.model import Job, KeyVerdict, Outcome, RunReport, Verdict
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
-from daemon.plan import plan_reclaim, plan_refresh
+from daemon.plan import check_clock, plan_reclaim, plan_refresh
 from daemon.runtime import StartupError, serve
 from daemon.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
@@ -237,6 +237,18 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
             observed = await observe_reclaim(
                 api, settings.trust_domain, server_id, now, policy, describe_all=True
             )
+            aws_time = observed.snapshot.aws_time
+            skewed = check_clock(aws_time, now, policy.clock_skew_tolerance)
+            if skewed is not None and aws_time is not None:
+                # Staleness is never judged on a clock AWS contradicts: list by AWS's clock.
+                print(
+                    f"spire-kms-reconciler: warning: {skewed}; verdicts use AWS's clock",
+                    file=sys.stderr,
+                )
+                now = aws_time
+                observed = await observe_reclaim(
+                    api, settings.trust_domain, server_id, now, policy, describe_all=True
+                )
             legacy = (
                 await scan_own_aliases(api, settings.trust_domain, server_id)
                 if settings.refresh.migrate_legacy_aliases

@@ -79,11 +79,15 @@ async def execute(
         by_kind[action.kind].append(action)
 
     results: list[ActionResult] = []
+    # Aliases first, right after they were read: UpdateAlias has no condition, so a replica
+    # that rotates an alias between our read and our write would be reverted. Keep that gap
+    # as short as the run allows.
+    aliases = by_kind[ActionKind.REFRESH_ALIAS]
+    results += await map_pooled(aliases, lambda a: _refresh_alias(api, a))
     results += await map_pooled(by_kind[ActionKind.MIGRATE], lambda a: _migrate(api, a))
     stamps = by_kind[ActionKind.STAMP]
     errors = await _tag_batched(api, stamps, mode)
     results += await _report(stamps, errors)
-    results += await map_pooled(by_kind[ActionKind.REFRESH_ALIAS], lambda a: _refresh_alias(api, a))
     results += await _reclaim(
         api,
         by_kind[ActionKind.MARK_INACTIVE],

@@ -785,8 +785,12 @@ async def test_policies_allow_every_call_the_jobs_made(recorded: Recorded) -> No
     reclaim_writes = [
         r for r in recorded.requests[Job.RECLAIM] if r.operation in MUTATING_OPERATIONS
     ]
-    assert {r.operation for r in reclaim_writes} == {"TagResource", "ScheduleKeyDeletion"}
-    for request in reclaim_writes:
+    assert {r.operation for r in reclaim_writes} == {"TagResources", "ScheduleKeyDeletion"}
+    # tag:TagResources itself is the refresh's too (stamps); what the refresh-only role lacks is
+    # kms:TagResource writing spire-active=false on each key, and kms:ScheduleKeyDeletion.
+    key_writes = [r for r in reclaim_writes if r.action != "tag:TagResources"]
+    assert {r.action for r in key_writes} == {"kms:TagResource", "kms:ScheduleKeyDeletion"}
+    for request in key_writes:
         assert not allowed(refresh_only, request), request
 
 
