@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devtools.emulator import Emulator
+from devtools.faultproxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +37,27 @@ def aws(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     yield emulator
+
+
+@pytest.fixture(scope="module")
+def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the emulator, one per test module."""
+    with FaultProxy(emulator.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
+    """The proxy with no rules and no records, in front of a freshly reset emulator."""
+    proxy_server.reset()
+    return proxy_server
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``daemon.cli.main`` points the root logger at the test's stderr; undo that afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -7,7 +7,7 @@ the emulator through the fault proxy, which counts every request and injects AWS
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -146,18 +146,6 @@ def test_connection_errors_are_unavailable() -> None:
 
 
 # ------------------------------------------------------------------ against the emulator
-
-
-@pytest.fixture(scope="module")
-def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
-    with FaultProxy(emulator.endpoint_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
-    proxy_server.reset()
-    return proxy_server
 
 
 def options(proxy: FaultProxy, **kw: Any) -> AwsOptions:

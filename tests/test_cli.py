@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,25 +18,8 @@ SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``main`` points the root logger at this test's captured stderr; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
-    with FaultProxy(emulator.endpoint_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
-    proxy_server.reset()
-    return proxy_server
+def _restore_logging(restore_logging: None) -> None:
+    """Every test here runs the CLI in-process."""
 
 
 def write_config(

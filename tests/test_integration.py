@@ -8,9 +8,7 @@ key state, alias targets), plus, through the proxy's counters, which mutating ca
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,25 +33,8 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``main`` points the root logger at this test's captured stderr; undo that afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
-    with FaultProxy(emulator.endpoint_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
-    proxy_server.reset()
-    return proxy_server
+def _restore_logging(restore_logging: None) -> None:
+    """Every test here runs the CLI in-process."""
 
 
 @dataclass
