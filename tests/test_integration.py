@@ -82,6 +82,31 @@ def ago(delta: timedelta) -> int:
     return int((datetime.now(UTC) - delta).timestamp())
 
 
+def stale_and_live_peer(aws: Emulator) -> str:
+    """A dead peer's stale key and a live peer's fresh one (the guard's fraction stays 1/2).
+
+    Returns the stale key's ARN.
+    """
+    old = datetime.now(UTC) - 90 * DAY
+    stale = aws.spire_key(
+        trust_domain=TD,
+        server_id=PEER,
+        key_id="x509-CA-A",
+        last_update=ago(20 * DAY),
+        alias=False,
+        created_at=old,
+    )
+    aws.spire_key(
+        trust_domain=TD,
+        server_id=PEER2,
+        key_id="x509-CA-A",
+        last_update=ago(DAY),
+        alias=False,
+        created_at=old,
+    )
+    return stale
+
+
 def key_id_of(arn: str) -> str:
     return arn.split(":key/", 1)[1]
 
@@ -576,23 +601,7 @@ def test_pending_window_days_is_passed_to_schedule_key_deletion(
 def test_key_scheduled_by_someone_else_meanwhile_counts_as_done(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = stale_and_live_peer(aws)
     # A SPIRE server schedules the key's deletion just before we do; KMS then refuses ours.
     proxy.before(
         "ScheduleKeyDeletion", lambda body: aws.backend.schedule_key_deletion(body["KeyId"], 7)
@@ -609,23 +618,7 @@ def test_key_scheduled_by_someone_else_meanwhile_counts_as_done(
 def test_failed_deletion_exits_1_and_the_next_run_completes_it(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = stale_and_live_peer(aws)
     proxy.server_error("ScheduleKeyDeletion")
 
     assert cli("once", "--job", "reclaim") == 1, cli.out + cli.err
@@ -767,23 +760,7 @@ def test_stale_after_boundary(
 def test_small_clock_skew_within_tolerance_does_not_refuse(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = stale_and_live_peer(aws)
     aws.clock_skew = timedelta(minutes=2)
 
     assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
@@ -792,23 +769,7 @@ def test_small_clock_skew_within_tolerance_does_not_refuse(
 
 
 def test_denied_schedule_key_deletion_exits_3(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = stale_and_live_peer(aws)
     proxy.deny("ScheduleKeyDeletion")
 
     code = cli("once", "--job", "reclaim")
