@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from daemon import spire
 from daemon.model import (
@@ -55,6 +55,11 @@ def key_id_from_arn(arn: str) -> str:
     """Return the KMS key ID of a key ARN (``arn:aws:kms:<region>:<acct>:key/<id>``)."""
     _, _, resource = arn.rpartition(":")
     return resource.removeprefix("key/")
+
+
+def _iso(unix_seconds: int) -> str:
+    """Unix seconds (at most now plus the clock tolerance here) as an ISO 8601 UTC time."""
+    return datetime.fromtimestamp(unix_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _unix(moment: datetime) -> int:
@@ -373,8 +378,8 @@ def _judge_tags(
                     "spire-active=false but refreshed recently",
                     Anomaly.INACTIVE_NOT_STALE,
                 )
-            return _TagJudgement(Verdict.FRESH, f"refreshed at {parsed}")
-        return _TagJudgement(None, f"not refreshed since {parsed}")
+            return _TagJudgement(Verdict.FRESH, f"refreshed at {_iso(parsed)} ({parsed})")
+        return _TagJudgement(None, f"not refreshed since {_iso(parsed)} ({parsed})")
     return _TagJudgement(None, "no spire-last-update tag")
 
 
