@@ -125,8 +125,9 @@ class Metrics:
         if outcome is Outcome.REFUSED:
             self.reclaim_refused.inc()
         self.permission_denied.labels(job).set(1 if report.permission_denied else 0)
-        for result in report.results:
-            self.actions.labels(result.action.kind.value, result.outcome.value).inc()
+        done = Tally((r.action.kind.value, r.outcome.value) for r in report.results)
+        for (kind, result_outcome), count in done.items():
+            self.actions.labels(kind, result_outcome).inc(count)
         if report.error is not None:
             return  # nothing was observed: keep the previous key and anomaly figures
         found = Tally(f.anomaly.value for f in report.plan.findings)
