@@ -7,7 +7,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -332,8 +332,3 @@ async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> Async
             max_concurrency=options.max_concurrency,
             mutating_calls_per_second=options.mutating_calls_per_second,
         )
-
-
-def seconds(value: timedelta) -> float:
-    """Return a duration in seconds, for botocore's options."""
-    return value.total_seconds()

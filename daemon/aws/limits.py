@@ -84,7 +84,3 @@ class CallStats:
         for (operation, _), count in self.calls.items():
             totals[operation] += count
         return dict(totals)
-
-    def snapshot(self) -> Counter[tuple[str, str]]:
-        """Return a copy of the counters, to diff against later."""
-        return Counter(self.calls)
