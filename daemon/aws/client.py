@@ -312,6 +312,28 @@ def client_config(options: AwsOptions) -> Config:
     )
 
 
+def release_endpoint_table(session: aioboto3.Session) -> None:
+    """Let go of botocore's parsed ``endpoints.json`` once the clients exist.
+
+    To build a client, botocore parses the whole file (every service in every region, about
+    7 MB of Python objects) and keeps it twice: in the session's endpoint resolver and in its
+    data loader's cache. The daemon builds its two clients once, and they resolve endpoints from
+    their own service's rule set, so the table is only dead weight next to a 5,000-key run.
+    The resolver goes back to being built on demand, should anything ask for it again. These
+    are botocore internals: each step does nothing when they are not what is expected.
+    """
+    core = getattr(session, "_session", None)
+    register = getattr(core, "_register_endpoint_resolver", None)
+    if callable(register):
+        register()  # lazy again: the built resolver is dropped
+    get_component = getattr(core, "get_component", None)
+    loader = get_component("data_loader") if callable(get_component) else None
+    cache = getattr(loader, "_cache", None)
+    if isinstance(cache, dict):
+        for key in [k for k in cache if isinstance(k, tuple) and k[1:2] == ("endpoints",)]:
+            del cache[key]
+
+
 @asynccontextmanager
 async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> AsyncIterator[AwsApi]:
     """Build KMS and tagging clients from the standard AWS configuration chain."""
@@ -325,6 +347,7 @@ async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> Async
         tagging = await stack.enter_async_context(
             session.client("resourcegroupstaggingapi", **extra)
         )
+        release_endpoint_table(session)
         yield AwsApi(
             kms,
             tagging,
