@@ -18,10 +18,17 @@ Facts this module relies on (moto 5.2.5, checked by ``tests/test_emulator.py``):
 * Every HTTP response carries a ``Date`` header (written by ``http.server``);
   :attr:`Emulator.clock_skew` shifts it to test the daemon's clock guard.
 * moto's aliases carry no CreationDate / LastUpdatedDate, and moto enforces no key-state rules.
+
+Patched here so that the emulator pages as AWS does (counting calls on it would otherwise
+understate what an account-wide scan costs): GetResources pages hold ResourcesPerPage resources
+(:func:`_pages_by_resources_per_page`), and ListAliases / ListKeys honour ``Limit`` and
+``Marker`` (:func:`_pages_kms_lists`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -36,7 +43,10 @@ from types import TracebackType
 from typing import Any
 
 from moto.core.base_backend import AccountSpecificBackend
+from moto.core.exceptions import JsonRESTError
+from moto.kms.exceptions import ValidationException
 from moto.kms.models import Key, KmsBackend, kms_backends
+from moto.kms.responses import KmsResponse
 from moto.moto_server.werkzeug_app import MotoRequestHandler
 from moto.resourcegroupstaggingapi.models import ResourceGroupsTaggingAPIBackend
 from moto.server import ThreadedMotoServer
@@ -93,6 +103,96 @@ def _pages_by_resources_per_page() -> None:
 
 
 _pages_by_resources_per_page()
+
+
+class _InvalidMarkerException(JsonRESTError):
+    code = 400
+
+    def __init__(self) -> None:
+        super().__init__("InvalidMarkerException", "The marker is not valid.")
+
+
+# What a marker may decode to: the last AliasName, or KeyId, of the page that issued it.
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9-]+")
+
+
+def _pages_kms_lists() -> None:
+    """Make ListAliases and ListKeys honour ``Limit`` and ``Marker``, as AWS documents.
+
+    moto ignores both and answers every alias (or key) of the account in one page, so counting
+    calls on the emulator would understate an account-wide scan. AWS answers ListAliases in pages
+    of ``Limit`` 1 to 100 aliases (50 when absent) and ListKeys in pages of 1 to 1000 keys (100),
+    with ``Truncated`` and, only when truncated, the ``NextMarker`` to pass as the next ``Marker``.
+
+    The entries are whatever moto answers (with or without ``KeyId``; the reserved
+    ``alias/aws/...`` aliases included), ordered by AliasName / KeyId. A marker is the last name
+    of its page, base64-encoded (as the fault proxy's ``alias_paging`` does), so an alias created,
+    retargeted or deleted between two pages neither repeats nor hides another one. A ``Limit`` out
+    of range fails with ``ValidationException`` and a marker this never issued with
+    ``InvalidMarkerException``, before moto's handler runs (its own errors, such as an unknown
+    ``KeyId``, come after, as on AWS).
+    """
+    _page_operation("list_aliases", entries="Aliases", by="AliasName", default=50, maximum=100)
+    _page_operation("list_keys", entries="Keys", by="KeyId", default=100, maximum=1000)
+
+
+def _page_operation(name: str, *, entries: str, by: str, default: int, maximum: int) -> None:
+    """Wrap ``KmsResponse.<name>`` (once) to cut its one-page answer to the request's page."""
+    original = getattr(KmsResponse, name)
+    if getattr(original, "_pages_like_aws", False):
+        return
+
+    def paged(self: KmsResponse) -> str:
+        limit = _limit(self._get_param("Limit"), default, maximum)
+        after = _after(self._get_param("Marker"), _ALIAS_RE if by == "AliasName" else _KEY_ID_RE)
+        data = json.loads(original(self))
+        listed = sorted(data.get(entries) or [], key=lambda entry: str(entry[by]))
+        if after is not None:
+            listed = [entry for entry in listed if str(entry[by]) > after]
+        data[entries] = listed[:limit]
+        data["Truncated"] = len(listed) > limit
+        data.pop("NextMarker", None)
+        if data["Truncated"]:
+            last = str(listed[limit - 1][by])
+            data["NextMarker"] = base64.urlsafe_b64encode(last.encode()).decode()
+        return json.dumps(data)
+
+    paged._pages_like_aws = True  # type: ignore[attr-defined]
+    paged.__doc__ = original.__doc__
+    setattr(KmsResponse, name, paged)
+
+
+def _limit(limit: Any, default: int, maximum: int) -> int:
+    """The page size a request asks for, or ValidationException (as AWS words it)."""
+    if limit is None:
+        return default
+    if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= maximum:
+        return limit
+    bound = (
+        "greater than or equal to 1"
+        if isinstance(limit, int) and limit < 1
+        else f"less than or equal to {maximum}"
+    )
+    raise ValidationException(
+        f"1 validation error detected: Value '{limit}' at 'limit' failed to satisfy "
+        f"constraint: Member must have value {bound}"
+    )
+
+
+def _after(marker: Any, shape: re.Pattern[str]) -> str | None:
+    """The name a request's Marker continues after (None: the first page)."""
+    if marker is None:
+        return None
+    try:
+        after = base64.b64decode(str(marker).encode(), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _InvalidMarkerException() from None
+    if not shape.fullmatch(after):
+        raise _InvalidMarkerException()
+    return after
+
+
+_pages_kms_lists()
 
 
 def free_port() -> int:

@@ -51,7 +51,8 @@ AWS behaviours (:data:`AWS_BEHAVIOURS`, each selectable, all off until :meth:`em
     :meth:`set_alias_date`; an alias the proxy never saw changed is dated when first listed.
 ``alias_paging``
     ListAliases honours ``Limit`` (1-100, default 50) and ``Marker``, answering ``Truncated`` and
-    ``NextMarker`` (moto returns every alias in one page).
+    ``NextMarker``. The emulator pages as well; the proxy reads all of its pages, then pages the
+    dated list itself.
 ``validation``
     ScheduleKeyDeletion ``PendingWindowInDays`` outside 7-30 fails with ``ValidationException``
     (moto accepts it and, below 7, silently does nothing).
@@ -60,9 +61,9 @@ Key states are read from moto's backend in-process when the proxy is given the `
 with a DescribeKey to the emulator. The proxy's clock (alias dates, the ``Date`` header of the
 answers it makes up) follows :attr:`Emulator.clock_skew` when it knows the emulator.
 
-Not modelled: key states other than Enabled, Disabled and PendingDeletion; ListKeys paging;
-AWS's GetResources page sizes (moto also cuts pages at 100 tags); conditional alias updates (AWS
-has none either: a racing UpdateAlias simply wins or loses).
+Not modelled: key states other than Enabled, Disabled and PendingDeletion; conditional alias
+updates (AWS has none either: a racing UpdateAlias simply wins or loses). ListKeys and GetResources
+paging come from the emulator.
 
 The proxy runs aiohttp on its own event loop in a daemon thread, so it serves synchronous tests,
 ``asyncio.run`` inside the CLI, subprocesses and pytest-asyncio tests alike. Callbacks run on that
@@ -1157,14 +1158,22 @@ class FaultProxy:
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 exchange.answered_by = "proxy"
                 return self._error("InvalidMarkerException", "The marker is not valid.")
+        # Every alias the emulator holds (it pages ListAliases too): follow its pages.
         forwarded = {k: v for k, v in parsed.items() if k not in ("Limit", "Marker")}
-        upstream = await self._forward(request, json.dumps(forwarded).encode())
-        exchange.forwarded = True
-        exchange.answered_by = "emulator"
-        if upstream.status != 200:
-            return upstream
-        data = json.loads(upstream.body or b"{}")  # type: ignore[arg-type]
-        aliases: list[dict[str, Any]] = list(data.get("Aliases") or [])
+        aliases: list[dict[str, Any]] = []
+        while True:
+            upstream = await self._forward(
+                request, json.dumps({**forwarded, "Limit": _ALIAS_PAGE_MAX}).encode()
+            )
+            exchange.forwarded = True
+            exchange.answered_by = "emulator"
+            if upstream.status != 200:
+                return upstream
+            data = json.loads(upstream.body or b"{}")  # type: ignore[arg-type]
+            aliases.extend(data.get("Aliases") or [])
+            if not data.get("Truncated") or not data.get("NextMarker"):
+                break
+            forwarded["Marker"] = data["NextMarker"]
         if "alias_dates" in behaviours:
             self._date_aliases(aliases)
         answer: dict[str, Any] = {**data, "Aliases": aliases, "Truncated": False}

@@ -15,9 +15,13 @@ from typing import Any
 
 import aioboto3
 import pytest
+from aiobotocore.config import AioConfig
+from botocore.exceptions import ClientError
+from moto.kms.responses import KmsResponse
+from moto.kms.utils import RESERVED_ALIASE_TARGET_KEY_IDS
 
 from daemon import spire
-from devtools.emulator import ACCOUNT_ID, REGION, Emulator
+from devtools.emulator import ACCOUNT_ID, REGION, Emulator, _pages_kms_lists
 
 pytestmark = pytest.mark.integration
 
@@ -279,3 +283,198 @@ async def test_tags_written_over_http_are_read_back_in_process(
 def test_unknown_key_is_a_clear_error(aws: Emulator) -> None:
     with pytest.raises(KeyError, match="no such key"):
         aws.key_state("arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000")
+
+
+# ------------------------------------------------------------------ ListAliases / ListKeys paging
+
+
+async def alias_pages(kms: Any, **params: Any) -> list[dict[str, Any]]:
+    """Every ListAliases answer, following NextMarker by hand (no paginator in the way)."""
+    pages: list[dict[str, Any]] = []
+    while True:
+        page = await kms.list_aliases(**params)
+        pages.append(page)
+        if not page["Truncated"]:
+            return pages
+        params["Marker"] = page["NextMarker"]
+
+
+def every_alias(aws: Emulator) -> dict[str, str]:
+    """What one unpaged ListAliases answers: moto's aliases plus the reserved alias/aws/* ones."""
+    listed = {name: str(key.id) for key in list(aws.backend.keys.values()) for name in key.aliases}
+    return {**RESERVED_ALIASE_TARGET_KEY_IDS, **listed}
+
+
+def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(exc.value.response["Error"]["Code"])
+
+
+async def test_list_aliases_pages_by_limit(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(120, aliases_every=1)
+    truth = every_alias(aws)
+    assert len(truth) == 120 + len(RESERVED_ALIASE_TARGET_KEY_IDS)
+
+    pages = await alias_pages(clients.kms, Limit=100)
+
+    assert [len(p["Aliases"]) for p in pages] == [100, len(truth) - 100]
+    first, last = pages
+    assert first["Truncated"] is True
+    assert isinstance(first["NextMarker"], str) and first["NextMarker"]
+    assert last["Truncated"] is False
+    assert "NextMarker" not in last
+    names = [a["AliasName"] for p in pages for a in p["Aliases"]]
+    assert names == sorted(names)  # a stable order, no repeats
+    assert {a["AliasName"]: a["TargetKeyId"] for p in pages for a in p["Aliases"]} == truth
+    assert all(a["AliasArn"].endswith(a["AliasName"]) for p in pages for a in p["Aliases"])
+
+
+async def test_list_aliases_default_limit_is_50(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(120, aliases_every=1)
+    total = len(every_alias(aws))
+
+    page = await clients.kms.list_aliases()
+    assert len(page["Aliases"]) == 50
+    assert page["Truncated"] is True
+
+    sizes = [len(p["Aliases"]) async for p in clients.kms.get_paginator("list_aliases").paginate()]
+    assert sizes == [50, 50, total - 100]
+    assert set(await all_aliases(clients.kms)) == set(every_alias(aws))
+
+
+async def test_small_account_lists_in_one_untruncated_page(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(5, aliases_every=1)
+
+    page = await clients.kms.list_aliases(Limit=100)
+
+    assert page["Truncated"] is False
+    assert "NextMarker" not in page
+    assert {a["AliasName"] for a in page["Aliases"]} == set(every_alias(aws))
+    keys = await clients.kms.list_keys(Limit=1000)
+    assert keys["Truncated"] is False
+    assert "NextMarker" not in keys
+    assert {k["KeyArn"] for k in keys["Keys"]} == set(aws.all_keys())
+
+
+async def test_list_aliases_by_key_id_pages_too(aws: Emulator, clients: Clients) -> None:
+    arn = aws.create_key()
+    mine = [f"alias/mine-{i}" for i in range(5)]
+    for name in mine:
+        aws.create_alias(name, arn)
+    aws.foreign_keys(60, aliases_every=1)  # other keys' aliases stay out of the listing
+
+    whole = await clients.kms.list_aliases(KeyId=key_id_of(arn))
+    assert [a["AliasName"] for a in whole["Aliases"]] == mine
+    assert whole["Truncated"] is False
+    assert {a["TargetKeyId"] for a in whole["Aliases"]} == {key_id_of(arn)}
+
+    pages = await alias_pages(clients.kms, KeyId=arn, Limit=2)
+    assert [[a["AliasName"] for a in p["Aliases"]] for p in pages] == [
+        mine[:2],
+        mine[2:4],
+        mine[4:],
+    ]
+    assert [p["Truncated"] for p in pages] == [True, True, False]
+
+    with pytest.raises(ClientError) as unknown:  # moto's own check still answers first
+        await clients.kms.list_aliases(KeyId="00000000-0000-0000-0000-000000000000", Limit=2)
+    assert error_code(unknown) == "NotFoundException"
+
+
+async def test_alias_marker_survives_changes_between_pages(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(30, aliases_every=1)
+    arn = aws.create_key()
+    before = set(every_alias(aws))
+
+    first = await clients.kms.list_aliases(Limit=20)  # the 14 reserved aliases, then alias/team-*
+    seen = [a["AliasName"] for a in first["Aliases"]]
+    # Between two pages: an alias sorting before the marker appears, one already listed goes.
+    await clients.kms.create_alias(AliasName="alias/0-new", TargetKeyId=key_id_of(arn))
+    await clients.kms.delete_alias(AliasName=seen[-2])
+    rest = await alias_pages(clients.kms, Limit=20, Marker=first["NextMarker"])
+
+    later = [a["AliasName"] for p in rest for a in p["Aliases"]]
+    assert seen[-2].startswith("alias/team-")
+    assert not set(later) & set(seen)
+    assert set(seen) | set(later) == before
+
+
+async def test_list_keys_pages_by_limit(aws: Emulator, clients: Clients) -> None:
+    arns = [aws.create_key() for _ in range(25)]
+
+    pages = []
+    params: dict[str, Any] = {"Limit": 10}
+    while True:
+        page = await clients.kms.list_keys(**params)
+        pages.append(page)
+        if not page["Truncated"]:
+            break
+        assert isinstance(page["NextMarker"], str) and page["NextMarker"]
+        params["Marker"] = page["NextMarker"]
+
+    assert [len(p["Keys"]) for p in pages] == [10, 10, 5]
+    assert [p["Truncated"] for p in pages] == [True, True, False]
+    assert "NextMarker" not in pages[-1]
+    listed = [k["KeyArn"] for p in pages for k in p["Keys"]]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(arns)
+    assert all(k["KeyArn"].endswith(k["KeyId"]) for p in pages for k in p["Keys"])
+
+
+async def test_list_keys_default_limit_is_100(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(150, aliases_every=0)
+
+    page = await clients.kms.list_keys()
+    assert len(page["Keys"]) == 100
+    assert page["Truncated"] is True
+
+    sizes = [len(p["Keys"]) async for p in clients.kms.get_paginator("list_keys").paginate()]
+    assert sizes == [100, 50]
+    whole = await clients.kms.list_keys(Limit=1000)
+    assert whole["Truncated"] is False
+    assert {k["KeyArn"] for k in whole["Keys"]} == set(aws.all_keys())
+
+
+async def test_list_limits_out_of_range_are_validation_errors(
+    aws: Emulator, clients: Clients
+) -> None:
+    aws.create_key()
+    for call, limit in (
+        (clients.kms.list_aliases, 101),
+        (clients.kms.list_keys, 1001),
+    ):
+        with pytest.raises(ClientError) as refused:
+            await call(Limit=limit)
+        assert error_code(refused) == "ValidationException"
+        assert "less than or equal to" in str(refused.value)
+
+    # botocore refuses Limit=0 itself; without its validation the emulator must refuse it.
+    session = aioboto3.Session()
+    async with session.client("kms", config=AioConfig(parameter_validation=False)) as raw:
+        for operation in ("list_aliases", "list_keys"):
+            with pytest.raises(ClientError) as zero:
+                await getattr(raw, operation)(Limit=0)
+            assert error_code(zero) == "ValidationException"
+            assert "greater than or equal to 1" in str(zero.value)
+
+
+async def test_unknown_markers_are_invalid_marker_errors(aws: Emulator, clients: Clients) -> None:
+    aws.foreign_keys(3, aliases_every=1)
+    key_marker = (await clients.kms.list_keys(Limit=1))["NextMarker"]
+    alias_marker = (await clients.kms.list_aliases(Limit=1))["NextMarker"]
+
+    for call, marker in (
+        (clients.kms.list_aliases, "not a marker"),
+        (clients.kms.list_aliases, key_marker),  # another operation's marker
+        (clients.kms.list_keys, "bm90IGEga2V5IGlk!"),
+        (clients.kms.list_keys, alias_marker),
+    ):
+        with pytest.raises(ClientError) as refused:
+            await call(Marker=marker)
+        assert error_code(refused) == "InvalidMarkerException"
+
+
+def test_kms_list_paging_patch_is_idempotent() -> None:
+    patched = (KmsResponse.list_aliases, KmsResponse.list_keys)
+    _pages_kms_lists()
+    assert (KmsResponse.list_aliases, KmsResponse.list_keys) == patched
+    assert all(getattr(method, "_pages_like_aws", False) for method in patched)
