@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -33,6 +34,18 @@ log = structlog.get_logger("daemon.runtime")
 #: First retry of a failed run, doubled on each further failure, capped below.
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(minutes=30)
+
+
+def settle_heap() -> None:
+    """Collect start-up garbage, then move what is left (modules, the AWS clients' service models,
+    settings) to the collector's permanent generation.
+
+    A full collection otherwise walks every object the process has, and it runs on the event loop
+    that also answers /metrics: on a 5,000-key run that pause is the longest one. After this, a
+    collection walks only what jobs allocate. Called once, when start-up is done.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def sd_notify(message: str) -> bool:
@@ -327,6 +340,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start_http()
+        settle_heap()
         self.scheduler = AsyncIOScheduler(
             event_loop=loop,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},

@@ -13,6 +13,7 @@ The in-process tests drive :class:`daemon.runtime.Daemon` with a fake clock and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -947,10 +948,13 @@ async def test_graceful_stop_cancels_a_run_still_going_at_the_deadline(
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(runtime, "refresh_once", hang)
+    settled: list[bool] = []  # the real one would freeze the test process's heap
+    monkeypatch.setattr(runtime, "settle_heap", lambda: settled.append(began.is_set()))
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(harness.daemon.run())
     try:
         await asyncio.wait_for(began.wait(), timeout=5)
+        assert settled == [False]  # once, when start-up is done and before the first run
         asked = loop.time()
         harness.daemon.request_stop(signal.SIGTERM)
         assert await asyncio.wait_for(task, timeout=5) == 0
@@ -1011,3 +1015,12 @@ async def test_reload_with_changed_interval_runs_nothing_early(
     assert scheduler.get_job("refresh").next_run_time > refresh_before  # from now + 1h
     assert scheduler.get_job("reclaim").next_run_time == reclaim_at
     assert daemon.settings.refresh.interval == timedelta(hours=1)
+
+
+def test_settle_heap_moves_start_up_objects_out_of_the_collectors_way() -> None:
+    survivor = [object() for _ in range(1000)]
+    try:
+        runtime.settle_heap()
+        assert gc.get_freeze_count() >= len(survivor)
+    finally:
+        gc.unfreeze()
