@@ -143,6 +143,25 @@ def test_unit_restart_stops_for_bad_settings() -> None:
     assert "2" in " ".join(values(unit, "Service", "RestartPreventExitStatus")).split()
 
 
+def _megabytes(size: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([KMG])", size).groups()  # type: ignore[union-attr]
+    return int(number) * {"K": 1 / 1024, "M": 1.0, "G": 1024.0}[unit]
+
+
+def test_unit_memory_limits_leave_room_above_the_measured_peak() -> None:
+    # The benchmark measures the daemon's peak RSS in a 5,000-key trust domain; a limit close to
+    # it would kill the daemon in every large reclaim.
+    unit = unit_directives(UNIT)
+    high, limit = (_megabytes(values(unit, "Service", k)[-1]) for k in ("MemoryHigh", "MemoryMax"))
+    results = json.loads((ROOT / "bench" / "results.json").read_text())
+    peak = max(
+        phase["peak_rss_mb"]
+        for row in results["scenarios"]
+        for phase in row["daemon"]["phases"].values()
+    )
+    assert 2 * peak <= high < limit, (peak, high, limit)
+
+
 @needs_systemd_analyze
 def test_unit_verifies(tmp_path: Path) -> None:
     # verify insists that ExecStart exists: check a copy pointing at /bin/true.
