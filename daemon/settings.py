@@ -451,8 +451,10 @@ class AwsSettings(BaseModel):
     max_concurrency: _Int = Field(default=8, description="AWS calls in flight at once (1 to 64).")
     mutating_calls_per_second: _Float = Field(
         default=5.0,
-        description="Client-side rate limit per mutating operation (above 0, at most 50), well "
-        "under KMS quotas the SPIRE servers share.",
+        description="Client-side rate limit per mutating operation (above 0, at most 50). The "
+        "default keeps each one at or under AWS's default quotas, which the SPIRE servers share "
+        "(kms:TagResource 10/s, kms:ScheduleKeyDeletion 15/s, tag:TagResources 5/s); raise it "
+        "only with raised quotas.",
     )
     endpoint_url: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
