@@ -451,10 +451,12 @@ class AwsSettings(BaseModel):
     max_concurrency: _Int = Field(default=8, description="AWS calls in flight at once (1 to 64).")
     mutating_calls_per_second: _Float = Field(
         default=5.0,
-        description="Client-side rate limit per mutating operation (above 0, at most 50). The "
-        "default keeps each one at or under AWS's default quotas, which the SPIRE servers share "
-        "(kms:TagResource 10/s, kms:ScheduleKeyDeletion 15/s, tag:TagResources 5/s); raise it "
-        "only with raised quotas.",
+        description="Client-side rate limit per mutating operation, a second (above 0, at most "
+        "50). Tagging is counted in keys: kms:TagResource and tag:TagResources share one budget, "
+        "and a TagResources call takes one unit per key, since AWS tags each key through KMS's "
+        "TagResource. The default stays at or under AWS's default quotas, which the SPIRE "
+        "servers share (kms:TagResource 10/s, kms:ScheduleKeyDeletion 15/s, tag:TagResources "
+        "5/s); raise it only with raised quotas.",
     )
     endpoint_url: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,

@@ -26,6 +26,7 @@ from daemon.aws.errors import (
     Unavailable,
     translate,
 )
+from daemon.aws.limits import RateLimiter
 from daemon.jobs import Context, refresh_once
 from daemon.model import Outcome
 from daemon.settings import Settings
@@ -225,6 +226,63 @@ async def test_tag_resources_batches_twenty_arns_a_call(
     assert failed == {}
     assert [len(r["ResourceARNList"]) for r in proxy.requests("TagResources")] == [20, 20, 5]
     assert all(aws.tags(arn)[spire.TAG_LAST_UPDATE] == "1767225600" for arn in arns)
+
+
+class FakeTime:
+    """A clock that only moves when the limiter sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def test_rate_limiter_charges_a_call_its_cost() -> None:
+    time_ = FakeTime()
+    limiter = RateLimiter(10, clock=time_.clock, sleep=time_.sleep)
+
+    await limiter.acquire(20)  # one token was there: it goes at once, twenty in debt
+    assert time_.now == 0
+    await limiter.acquire()  # waits until the twenty are paid back at 10 a second
+    assert time_.now == pytest.approx(2.0)
+    await limiter.acquire()
+    assert time_.now == pytest.approx(2.1)
+
+
+async def test_rate_limiter_never_exceeds_its_rate_over_a_stretch() -> None:
+    time_ = FakeTime()
+    limiter = RateLimiter(5, clock=time_.clock, sleep=time_.sleep)
+    taken = 0
+    for cost in [1, 20, 3, 1, 1, 20, 7] * 3:
+        await limiter.acquire(cost)
+        taken += cost
+    # The last acquisition went at time_.now: everything before it was paid for by then.
+    assert taken - cost <= 1 + 5 * time_.now
+    with pytest.raises(ValueError):
+        await limiter.acquire(0)
+
+
+@pytest.mark.integration
+async def test_tag_resources_is_paced_by_keys_and_shares_the_budget_with_tag_resource(
+    aws: Emulator, proxy: FaultProxy
+) -> None:
+    # AWS tags each ARN of a TagResources call through KMS's TagResource (one quota, shared with
+    # the SPIRE servers): at 50 keys a second, a call of 20 keys holds the next tagging call of
+    # either kind back by 0.4 s. A lower bound, with room for the requests' own jitter: a busy
+    # machine only makes the gap longer.
+    arns = stale_peer_keys(aws, 21)
+    async with open_aws(options(proxy, mutating_calls_per_second=50.0)) as api:
+        await api.describe_key(arns[0])  # both clients connected before anything is timed
+        await api.get_resources({spire.TAG_TRUST_DOMAIN: [TD]})
+        assert await api.tag_resources(arns[:20], {spire.TAG_LAST_UPDATE: "1767225600"}) == {}
+        await api.tag_resource(arns[20], {spire.TAG_LAST_UPDATE: "1767225600"})
+
+    batch, single = proxy.exchanges("TagResources")[0], proxy.exchanges("TagResource")[0]
+    assert single.at - batch.at >= 0.35
 
 
 @pytest.mark.integration

@@ -22,6 +22,7 @@ from bench.run import (
     aws_env,
     evaluate,
     max_in_window,
+    max_weight_in_window,
     measure_baseline,
     measure_daemon,
     reclaim_bound,
@@ -143,6 +144,10 @@ def test_max_in_window() -> None:
     assert max_in_window([], 1.0) == 0
     assert max_in_window([0.0, 0.5, 0.99, 1.0, 1.5], 1.0) == 3
     assert max_in_window([i / 16 for i in range(64)], 1.0) == 16  # 16/s, evenly spaced
+    # Keys tagged: a 20-key call a second at 20 keys/s holds 20 in any 1 s window, not 40.
+    assert max_weight_in_window([(float(i), 20) for i in range(10)], 1.0) == 20
+    assert max_weight_in_window([(0.0, 20), (0.5, 1), (0.99, 3), (1.0, 20)], 1.0) == 24
+    assert max_weight_in_window([], 1.0) == 0
 
 
 def test_committed_results_meet_every_judged_target_and_a_miss_is_caught() -> None:

@@ -30,6 +30,8 @@ from daemon.model import AliasMeta, KeyMeta
 MUTATING_OPERATIONS = frozenset(
     {"TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion"}
 )
+#: Operations that tag KMS keys: rate-limited together, by the number of keys they tag.
+KEY_TAGGING = frozenset({"TagResource", "TagResources"})
 TAG_RESOURCES_BATCH = 20  # the tagging API's limit of ARNs per TagResources call
 GET_RESOURCES_PAGE = 100
 LIST_ALIASES_PAGE = 100
@@ -77,18 +79,25 @@ class AwsApi:
         self._tagging = tagging
         self.stats = stats or CallStats()
         self._slots = asyncio.Semaphore(max_concurrency)
+        # AWS applies each ARN of a TagResources call to the service's own TagResource, so both
+        # draw on one budget counted in keys tagged; the other operations have one each.
+        tagging = RateLimiter(mutating_calls_per_second)
         self._limits = {
-            op: RateLimiter(mutating_calls_per_second) for op in sorted(MUTATING_OPERATIONS)
+            op: tagging if op in KEY_TAGGING else RateLimiter(mutating_calls_per_second)
+            for op in sorted(MUTATING_OPERATIONS)
         }
         self.region: str | None = getattr(getattr(kms, "meta", None), "region_name", None)
         self.stopping = False  # set on shutdown: calls in flight finish, no new write starts
 
-    async def _call(self, client: Any, operation: str, **params: Any) -> dict[str, Any]:
+    async def _call(
+        self, client: Any, operation: str, *, cost: int = 1, **params: Any
+    ) -> dict[str, Any]:
+        """Make one call; ``cost`` is what it takes from its operation's rate limit."""
         limiter = self._limits.get(operation)
         if limiter is not None:
             if self.stopping:
                 raise Stopping(operation, "Stopping", "the daemon is stopping; not sent")
-            await limiter.acquire()
+            await limiter.acquire(cost)
         method = getattr(client, _snake(operation))
         async with self._slots:
             try:
@@ -218,6 +227,9 @@ class AwsApi:
         failure are retried, and only those. A call that fails as a whole fails its own ARNs and
         the next batches still go; only a denial of tag:TagResources before any call got through
         raises, so that the caller can fall back to kms:TagResource.
+
+        A call costs the rate limit one unit per ARN: AWS tags each key through KMS's own
+        TagResource, whose quota the SPIRE servers share.
         """
         failed: dict[str, AwsError] = {}
         any_through = False
@@ -226,7 +238,11 @@ class AwsApi:
             for attempt in range(PARTIAL_RETRIES + 1):
                 try:
                     response = await self._call(
-                        self._tagging, "TagResources", ResourceARNList=pending, Tags=dict(tags)
+                        self._tagging,
+                        "TagResources",
+                        cost=len(pending),
+                        ResourceARNList=pending,
+                        Tags=dict(tags),
                     )
                 except AwsError as exc:
                     if isinstance(exc, AccessDenied) and not any_through:
