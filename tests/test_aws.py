@@ -6,6 +6,7 @@ the emulator through the fault proxy, which counts every request and injects AWS
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from daemon.aws.errors import (
     AwsError,
     InvalidState,
     NotFound,
+    Stopping,
     Throttled,
     Unavailable,
     translate,
@@ -283,6 +285,23 @@ async def test_tag_resources_is_paced_by_keys_and_shares_the_budget_with_tag_res
 
     batch, single = proxy.exchanges("TagResources")[0], proxy.exchanges("TagResource")[0]
     assert single.at - batch.at >= 0.35
+
+
+@pytest.mark.integration
+async def test_a_write_waiting_for_its_rate_limit_is_not_sent_once_stopping(
+    aws: Emulator, proxy: FaultProxy
+) -> None:
+    arns = stale_peer_keys(aws, 21)
+    async with open_aws(options(proxy, mutating_calls_per_second=10.0)) as api:
+        assert await api.tag_resources(arns[:20], {spire.TAG_ACTIVE: "false"}) == {}
+        waiting = asyncio.create_task(api.tag_resource(arns[20], {spire.TAG_ACTIVE: "false"}))
+        await asyncio.sleep(0.3)  # it waits 2 s for the twenty keys of the first call
+        api.stopping = True
+        with pytest.raises(Stopping):
+            await waiting
+
+    assert proxy.count("TagResource") == 0
+    assert aws.tags(arns[20])[spire.TAG_ACTIVE] == "true"
 
 
 @pytest.mark.integration

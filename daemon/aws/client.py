@@ -95,9 +95,9 @@ class AwsApi:
         """Make one call; ``cost`` is what it takes from its operation's rate limit."""
         limiter = self._limits.get(operation)
         if limiter is not None:
-            if self.stopping:
-                raise Stopping(operation, "Stopping", "the daemon is stopping; not sent")
+            self._refuse_if_stopping(operation)
             await limiter.acquire(cost)
+            self._refuse_if_stopping(operation)  # the stop may have come while it waited
         method = getattr(client, _snake(operation))
         async with self._slots:
             try:
@@ -114,6 +114,10 @@ class AwsApi:
         self._observe_date(response)
         self.stats.record(operation, "success")
         return response
+
+    def _refuse_if_stopping(self, operation: str) -> None:
+        if self.stopping:
+            raise Stopping(operation, "Stopping", "the daemon is stopping; not sent")
 
     def _observe_date(self, response: Mapping[str, Any]) -> None:
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
