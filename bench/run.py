@@ -227,12 +227,8 @@ class CallLog:
 
     def _on_send(self, request: Any = None, event_name: str = "", **_: Any) -> None:
         operation = event_name.rsplit(".", 1)[-1]
-        if operation == "ListAliases":
-            body = getattr(request, "body", b"") or b""
-            if isinstance(body, str):
-                body = body.encode()
-            if b'"KeyId"' in body:
-                operation = "ListAliases(KeyId)"
+        if operation == "ListAliases" and "KeyId" in _json_body(request):
+            operation = "ListAliases(KeyId)"
         now = time.monotonic()
         self.sent.append((operation, now))
         if operation == "TagResources":

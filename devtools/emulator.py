@@ -132,11 +132,13 @@ def _pages_kms_lists() -> None:
     ``InvalidMarkerException``, before moto's handler runs (its own errors, such as an unknown
     ``KeyId``, come after, as on AWS).
     """
-    _page_operation("list_aliases", entries="Aliases", by="AliasName", default=50, maximum=100)
-    _page_operation("list_keys", entries="Keys", by="KeyId", default=100, maximum=1000)
+    _page_operation("list_aliases", "Aliases", "AliasName", _ALIAS_RE, default=50, maximum=100)
+    _page_operation("list_keys", "Keys", "KeyId", _KEY_ID_RE, default=100, maximum=1000)
 
 
-def _page_operation(name: str, *, entries: str, by: str, default: int, maximum: int) -> None:
+def _page_operation(
+    name: str, entries: str, by: str, marker_shape: re.Pattern[str], *, default: int, maximum: int
+) -> None:
     """Wrap ``KmsResponse.<name>`` (once) to cut its one-page answer to the request's page."""
     original = getattr(KmsResponse, name)
     if getattr(original, "_pages_like_aws", False):
@@ -144,7 +146,7 @@ def _page_operation(name: str, *, entries: str, by: str, default: int, maximum: 
 
     def paged(self: KmsResponse) -> str:
         limit = _limit(self._get_param("Limit"), default, maximum)
-        after = _after(self._get_param("Marker"), _ALIAS_RE if by == "AliasName" else _KEY_ID_RE)
+        after = _after(self._get_param("Marker"), marker_shape)
         data = json.loads(original(self))
         listed = sorted(data.get(entries) or [], key=lambda entry: str(entry[by]))
         if after is not None:
