@@ -18,7 +18,8 @@ class RateLimiter:
 
     An acquisition of ``cost`` tokens waits for one token, then takes all ``cost`` (the bucket may
     go below zero): a call that does the work of twenty pays for twenty, and the calls after it
-    wait until that is paid back. Over any stretch, at most ``burst + rate * seconds`` tokens go.
+    wait until that is paid back. Over any stretch of ``seconds``, the acquisitions before the last
+    take at most ``burst + rate * seconds`` tokens.
     """
 
     def __init__(
