@@ -26,11 +26,18 @@ from daemon.jobs import (
     refresh_policy,
     summary_fields,
 )
+from daemon.liveness import probe_for
 from daemon.model import Job, KeyVerdict, Outcome, RunReport, Verdict
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
 from daemon.plan import check_clock, plan_reclaim, plan_refresh
 from daemon.runtime import StartupError, serve
-from daemon.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
+from daemon.settings import (
+    DEFAULT_CONFIG_PATH,
+    Settings,
+    SettingsError,
+    liveness_problem,
+    load_settings,
+)
 
 log = structlog.get_logger("daemon.cli")
 
@@ -131,12 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigProblem as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.BAD_CONFIG
+    if _needs_liveness(args) and (problem := liveness_problem(settings)) is not None:
+        print(f"spire-kms-reconciler: {problem}", file=sys.stderr)
+        return Exit.BAD_CONFIG
     command = {"once": _once, "keys": _keys, "check": _check, "run": _run}[args.command]
     try:
         return asyncio.run(command(args, settings, server_id, sys.stdout))
     except ConfigProblem as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.BAD_CONFIG
+
+
+def _needs_liveness(args: argparse.Namespace) -> bool:
+    """Whether the command may stamp keys: ``run``, and ``once`` with the refresh job."""
+    return args.command == "run" or (args.command == "once" and args.job in ("refresh", "all"))
 
 
 @asynccontextmanager
@@ -173,6 +188,8 @@ async def _run(args: argparse.Namespace, settings: Settings, server_id: str, out
 
     def reload() -> tuple[Settings, str]:
         fresh = load(args)
+        if (problem := liveness_problem(fresh)) is not None:
+            raise ConfigProblem(problem)
         return fresh, resolve_server_id(fresh)
 
     try:
@@ -210,6 +227,10 @@ def print_report(report: RunReport, out: TextIO) -> None:
             f"  REFUSED by the {report.plan.refusal.value} guard: {report.plan.refusal_detail}",
             file=out,
         )
+    elif report.spire is not None:
+        print(f"  SPIRE server alive: {report.spire.detail}", file=out)
+    if report.plan.failure is not None:
+        print(f"  FAILED: {report.plan.failure}", file=out)
     if fields["verdicts"]:
         print("  keys: " + ", ".join(f"{k} {v}" for k, v in fields["verdicts"].items()), file=out)
     if fields["actions"]:
@@ -341,6 +362,7 @@ def print_keys_table(rows: Sequence[dict[str, Any]], out: TextIO) -> None:
 
 async def _check(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
     print(f"settings: ok (trust domain {settings.trust_domain}, server ID {server_id})", file=out)
+    print(f"spire server: {await _spire_status(settings)}", file=out)
     results: list[tuple[str, str, str]] = []
     denied = failed = False
     async with aws_session(settings) as api:
@@ -369,6 +391,22 @@ async def _check(args: argparse.Namespace, settings: Settings, server_id: str, o
     if denied:
         return Exit.PERMISSION
     return Exit.FAILURES if failed else Exit.OK
+
+
+async def _spire_status(settings: Settings) -> str:
+    """One line on whether the local SPIRE server answers alive, for ``check``."""
+    if (problem := liveness_problem(settings)) is not None:
+        return f"not configured: {problem}"
+    liveness = await probe_for(
+        settings.spire_health_url,
+        settings.assume_spire_alive,
+        settings.spire_health_timeout.total_seconds(),
+    )()
+    if liveness.url is None:
+        return f"{liveness.detail} (unsafe: stamps do not prove SPIRE is alive)"
+    if liveness.alive:
+        return f"alive ({liveness.detail})"
+    return f"NOT ALIVE ({liveness.detail}): refresh runs write nothing until it answers 2xx"
 
 
 def _probes(api: AwsApi, settings: Settings, server_id: str) -> list[tuple[str, str, Any]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,18 @@ from daemon.aws.client import AwsApi
 from daemon.aws.errors import AccessDenied, AwsError
 from daemon.aws.limits import counting_calls
 from daemon.execute import ExecuteOptions, TaggingMode, execute
-from daemon.model import AliasMeta, Job, Plan, RunReport
+from daemon.liveness import Probe, probe_for
+from daemon.model import (
+    ActionResult,
+    AliasMeta,
+    Job,
+    Liveness,
+    Outcome,
+    Plan,
+    RefreshSnapshot,
+    RunReport,
+    Verdict,
+)
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
 from daemon.plan import ReclaimPolicy, RefreshPolicy, plan_reclaim, plan_refresh
 from daemon.settings import Settings
@@ -48,11 +59,36 @@ class Context:
     state: JobState = field(default_factory=JobState)
     clock: Callable[[], datetime] = utc_now
     dry_run: bool = False
+    #: Asks the local SPIRE server whether it is alive; None: as the settings say.
+    probe: Probe | None = None
 
     @property
     def trust_domain(self) -> str:
         """The trust domain this daemon serves."""
         return self.settings.trust_domain
+
+    async def spire_liveness(self) -> Liveness:
+        """Probe the local SPIRE server (the settings in force say how)."""
+        if self.probe is not None:
+            return await self.probe()
+        s = self.settings
+        probe = probe_for(
+            s.spire_health_url, s.assume_spire_alive, s.spire_health_timeout.total_seconds()
+        )
+        return await probe()
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What a job's observe-and-plan step hands to the executor."""
+
+    plan: Plan
+    read_errors: tuple[str, ...] = ()
+    spire: Liveness | None = None  # refresh: the last probe of the SPIRE server
+
+
+#: A job's observe-and-plan step, given the run's start time.
+JobBody = Callable[[datetime], Awaitable[Decided]]
 
 
 def refresh_policy(settings: Settings) -> RefreshPolicy:
@@ -91,19 +127,53 @@ async def _legacy_aliases(ctx: Context, now: datetime) -> tuple[AliasMeta, ...]:
 
 
 async def refresh_once(ctx: Context) -> RunReport:
-    """Run the refresh job once: migrate legacy keys, stamp serving keys, refresh aliases."""
+    """Run the refresh job once: migrate legacy keys, stamp serving keys, refresh aliases.
 
-    async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
+    The local SPIRE server is probed first (a dead one costs no AWS call at all) and again once
+    the reads are done, right before the first write: nothing is written unless it is alive.
+    """
+
+    async def body(now: datetime) -> Decided:
+        policy = refresh_policy(ctx.settings)
+        first = await ctx.spire_liveness()
+        if not first.alive:
+            _log_liveness(first)
+            empty = RefreshSnapshot(ctx.trust_domain, ctx.server_id, (), (), first, observed=False)
+            return Decided(plan_refresh(empty, now, policy), (), first)
         legacy = await _legacy_aliases(ctx, now)
-        observed = await observe_refresh(ctx.api, ctx.trust_domain, ctx.server_id, legacy)
+        observed = await observe_refresh(
+            ctx.api, ctx.trust_domain, ctx.server_id, legacy, probe=ctx.spire_liveness
+        )
+        liveness = observed.snapshot.spire
+        if liveness is not None and not liveness.alive:
+            _log_liveness(liveness)
         stamp_time = _stamp_time(ctx, now)
         # The planner is pure: a large trust domain is planned off the event loop.
-        plan = await asyncio.to_thread(
-            plan_refresh, observed.snapshot, stamp_time, refresh_policy(ctx.settings)
-        )
-        return plan, observed.errors
+        plan = await asyncio.to_thread(plan_refresh, observed.snapshot, stamp_time, policy)
+        if plan.failure is not None:
+            plan = replace(plan, failure=f"{plan.failure}; {_where(ctx)}")
+        return Decided(plan, observed.errors, liveness)
 
     return await _run(ctx, Job.REFRESH, body)
+
+
+def _where(ctx: Context) -> str:
+    """Where the run looked: the region and endpoint of the AWS clients."""
+    endpoint = ctx.api.endpoint_url or "the region's default endpoint"
+    return (
+        f"looked in trust domain {ctx.trust_domain}, server ID {ctx.server_id}, "
+        f"region {ctx.api.region or 'unknown'}, endpoint {endpoint}"
+    )
+
+
+def _log_liveness(liveness: Liveness) -> None:
+    log.warning(
+        "spire_not_alive",
+        url=liveness.url,
+        failure=liveness.failure.value if liveness.failure else None,
+        status=liveness.status,
+        detail=liveness.detail,
+    )
 
 
 def _stamp_time(ctx: Context, now: datetime) -> datetime:
@@ -129,29 +199,28 @@ async def reclaim_once(ctx: Context) -> RunReport:
     """Run the reclaim job once: mark and schedule deletion of the trust domain's dead keys."""
     policy = reclaim_policy(ctx.settings)
 
-    async def body(now: datetime) -> tuple[Plan, tuple[str, ...]]:
+    async def body(now: datetime) -> Decided:
         observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, now, policy)
         plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, now, policy)
-        return plan, observed.errors
+        return Decided(plan, observed.errors)
 
     return await _run(ctx, Job.RECLAIM, body)
 
 
-async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
+async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
     started = ctx.clock()
     t0 = time.monotonic()
     dry_run = ctx.dry_run or ctx.settings.dry_run
-    plan = Plan(job)
-    results: tuple[Any, ...] = ()
+    decided = Decided(Plan(job))
+    results: tuple[ActionResult, ...] = ()
     error: str | None = None
     denied = False
-    read_errors: tuple[str, ...] = ()
     with counting_calls() as calls:
         try:
-            plan, read_errors = await body(started)
-            _log_plan(plan)
+            decided = await body(started)
+            _log_plan(decided.plan)
             options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
-            results = await execute(ctx.api, plan, options, ctx.state.tagging)
+            results = await execute(ctx.api, decided.plan, options, ctx.state.tagging)
         except AccessDenied as exc:
             error, denied = exc.explain(), True
         except AwsError as exc:
@@ -162,7 +231,7 @@ async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
             per_op[operation] += count
     report = RunReport(
         job=job,
-        plan=plan,
+        plan=decided.plan,
         results=results,
         dry_run=dry_run,
         started_at=started,
@@ -170,7 +239,8 @@ async def _run(ctx: Context, job: Job, body: Any) -> RunReport:
         aws_calls=dict(sorted(per_op.items())),
         error=error,
         permission_denied=denied or any(r.denied for r in results),
-        read_errors=read_errors,
+        read_errors=decided.read_errors,
+        spire=decided.spire,
     )
     log_summary(report)
     return report
@@ -187,10 +257,14 @@ def _log_plan(plan: Plan) -> None:
         )
     if plan.refusal is not None:
         log.error(
-            "reclaim_refused",
+            f"{plan.job.value}_refused",
             guard=plan.refusal.value,
             detail=plan.refusal_detail,
-            would_act=sum(1 for v in plan.verdicts if v.verdict.value in ("stale", "reclaiming")),
+            would_act=sum(
+                1 for v in plan.verdicts if v.verdict in (Verdict.STALE, Verdict.RECLAIMING)
+            )
+            if plan.job is Job.RECLAIM
+            else None,
         )
 
 
@@ -216,6 +290,11 @@ def summary_fields(report: RunReport) -> dict[str, Any]:
     if report.plan.refusal is not None:
         fields["refused"] = report.plan.refusal.value
         fields["refusal_detail"] = report.plan.refusal_detail
+    if report.spire is not None:
+        fields["spire_alive"] = report.spire.alive
+        fields["spire_detail"] = report.spire.detail
+    if report.plan.failure is not None:
+        fields["failure"] = report.plan.failure
     if report.error is not None:
         fields["error"] = report.error
     if report.read_errors:
@@ -227,9 +306,9 @@ def log_summary(report: RunReport) -> None:
     """Emit the one summary event of a run."""
     fields = summary_fields(report)
     event = f"{report.job.value}_finished"
-    if report.error is not None:
+    if report.error is not None or report.plan.failure is not None:
         log.error(event, **fields)
-    elif report.outcome.value == "success":
+    elif report.outcome is Outcome.SUCCESS:
         log.info(event, **fields)
     else:
         log.warning(event, **fields)

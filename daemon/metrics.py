@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon import __version__
 from daemon.aws.client import MUTATING_OPERATIONS
-from daemon.model import ActionKind, Anomaly, Job, Outcome, RunReport, Verdict
+from daemon.model import (
+    ActionKind,
+    Anomaly,
+    Job,
+    KeyVerdict,
+    Outcome,
+    Refusal,
+    RunReport,
+    Verdict,
+)
 
 PREFIX = "spire_kms_reconciler_"
+#: The states the refresh job reports (this server's keys); reclaim reports all the others.
+REFRESH_STATES = (Verdict.SERVING, Verdict.SUPERSEDED, Verdict.LEGACY)
+RECLAIM_STATES = tuple(v for v in Verdict if v not in REFRESH_STATES)
 _RUN_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.REFUSED)
 _ACTION_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.SKIPPED)
 _AWS_OPERATIONS = sorted({"GetResources", "ListAliases", "DescribeKey", *MUTATING_OPERATIONS})
@@ -25,40 +38,41 @@ class Metrics:
         r = self.registry
         self.runs = Counter(
             PREFIX + "runs",
-            "Job runs by outcome (refused: a safety guard held).",
-            ["job", "outcome"],
+            "Runs of each task by outcome (refused: a safety guard held).",
+            ["task", "outcome"],
             registry=r,
         )
         self.run_duration = Histogram(
             PREFIX + "run_duration_seconds",
-            "Wall time of one job run.",
-            ["job"],
+            "Wall time of one run.",
+            ["task"],
             registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
         )
         self.last_success = Gauge(
             PREFIX + "last_success_timestamp_seconds",
-            "Unix time at which the job last finished with outcome success.",
-            ["job"],
+            "Unix time at which the task last finished with outcome success (0: not since start).",
+            ["task"],
             registry=r,
         )
         self.last_run = Gauge(
             PREFIX + "last_run_timestamp_seconds",
-            "Unix time at which the job last finished, whatever its outcome.",
-            ["job"],
+            "Unix time at which the task last finished, whatever its outcome.",
+            ["task"],
             registry=r,
         )
         self.keys = Gauge(
             PREFIX + "keys",
-            "Keys of the trust domain by the reclaim job's latest verdict.",
+            "Keys by state as the latest run left them: serving, superseded and legacy count "
+            "this server's keys (refresh), the other states the trust domain's (reclaim).",
             ["state"],
             registry=r,
         )
         self.anomalies = Gauge(
             PREFIX + "anomalies",
             "Anomalies (malformed or future tags, superseded keys...) seen by the latest run "
-            "of each job.",
-            ["job", "anomaly"],
+            "of each task.",
+            ["task", "anomaly"],
             registry=r,
         )
         self.actions = Counter(
@@ -75,13 +89,26 @@ class Metrics:
         )
         self.reclaim_refused = Counter(
             PREFIX + "reclaim_refused",
-            "Reclaim runs a safety guard refused.",
+            "Reclaim runs a safety guard refused, by guard.",
+            ["guard"],
             registry=r,
         )
         self.permission_denied = Gauge(
             PREFIX + "permission_denied",
-            "1 while the job's latest run failed for a missing IAM permission.",
-            ["job"],
+            "1 while the task's latest run failed for a missing IAM permission.",
+            ["task"],
+            registry=r,
+        )
+        self.spire_up = Gauge(
+            PREFIX + "spire_up",
+            "1 when the latest probe of the local SPIRE server's health endpoint said alive (or "
+            "assume_spire_alive is set), 0 otherwise; refresh writes nothing while it is 0.",
+            registry=r,
+        )
+        self.interval = Gauge(
+            PREFIX + "interval_seconds",
+            "The configured interval of each enabled task (alerts compare ages with it).",
+            ["task"],
             registry=r,
         )
         self.build_info = Gauge(
@@ -100,6 +127,9 @@ class Metrics:
                 self.runs.labels(job.value, outcome.value)
             for anomaly in Anomaly:
                 self.anomalies.labels(job.value, anomaly.value)
+        for refusal in Refusal:
+            if refusal is not Refusal.SPIRE_NOT_ALIVE:
+                self.reclaim_refused.labels(refusal.value)
         for verdict in Verdict:
             self.keys.labels(verdict.value)
         for kind in ActionKind:
@@ -113,6 +143,15 @@ class Metrics:
         """Count one AWS call (subscribed to the AWS layer's call counter)."""
         self.aws_requests.labels(operation, outcome).inc()
 
+    def set_intervals(self, intervals: dict[Job, float | None]) -> None:
+        """Export each task's interval in seconds; None (a disabled task) exports nothing."""
+        for job, seconds in intervals.items():
+            if seconds is None:
+                with contextlib.suppress(KeyError):
+                    self.interval.remove(job.value)
+            else:
+                self.interval.labels(job.value).set(seconds)
+
     def observe(self, report: RunReport, finished_at: float) -> None:
         """Record one finished run."""
         job = report.job.value
@@ -122,18 +161,46 @@ class Metrics:
         self.last_run.labels(job).set(finished_at)
         if outcome is Outcome.SUCCESS:
             self.last_success.labels(job).set(finished_at)
-        if outcome is Outcome.REFUSED:
-            self.reclaim_refused.inc()
+        if report.job is Job.RECLAIM and outcome is Outcome.REFUSED and report.plan.refusal:
+            self.reclaim_refused.labels(report.plan.refusal.value).inc()
+        if report.spire is not None:
+            self.spire_up.set(1 if report.spire.alive else 0)
         self.permission_denied.labels(job).set(1 if report.permission_denied else 0)
         done = Tally((r.action.kind.value, r.outcome.value) for r in report.results)
         for (kind, result_outcome), count in done.items():
             self.actions.labels(kind, result_outcome).inc(count)
-        if report.error is not None:
+        if report.error is not None or (not report.plan.verdicts and report.plan.refusal):
             return  # nothing was observed: keep the previous key and anomaly figures
         found = Tally(f.anomaly.value for f in report.plan.findings)
         for anomaly in Anomaly:
             self.anomalies.labels(job, anomaly.value).set(found.get(anomaly.value, 0))
-        if report.job is Job.RECLAIM:
-            verdicts = Tally(v.verdict.value for v in report.plan.verdicts)
-            for verdict in Verdict:
-                self.keys.labels(verdict.value).set(verdicts.get(verdict.value, 0))
+        states = REFRESH_STATES if report.job is Job.REFRESH else RECLAIM_STATES
+        left = Tally(state.value for state in states_after(report))
+        for state in states:
+            self.keys.labels(state.value).set(left.get(state.value, 0))
+
+
+def states_after(report: RunReport) -> list[Verdict]:
+    """Each key's state as the run left it: a verdict moved on by the actions that succeeded.
+
+    A legacy key migrated now serves; a stale key marked and scheduled is reclaimed, one only
+    marked is reclaiming. A dry run moves nothing.
+    """
+    done = {
+        (r.action.arn, r.action.kind)
+        for r in report.results
+        if r.outcome is Outcome.SUCCESS and not report.dry_run
+    }
+
+    def after(verdict: KeyVerdict) -> Verdict:
+        v = verdict.verdict
+        if v is Verdict.LEGACY and (verdict.arn, ActionKind.MIGRATE) in done:
+            return Verdict.SERVING
+        if v in (Verdict.STALE, Verdict.RECLAIMING):
+            if (verdict.arn, ActionKind.SCHEDULE_DELETION) in done:
+                return Verdict.RECLAIMED
+            if (verdict.arn, ActionKind.MARK_INACTIVE) in done:
+                return Verdict.RECLAIMING
+        return v
+
+    return [after(v) for v in report.plan.verdicts]

@@ -75,10 +75,36 @@ class Anomaly(StrEnum):
 
 
 class Refusal(StrEnum):
-    """Why a safety guard refused a whole reclaim run."""
+    """Why a safety guard refused a run's writes."""
 
     BLAST_RADIUS = "blast_radius"
     CLOCK_SKEW = "clock_skew"
+    SPIRE_NOT_ALIVE = "spire_not_alive"  # refresh: the local SPIRE server did not answer alive
+
+
+class ProbeFailure(StrEnum):
+    """Why the SPIRE server's health endpoint did not say alive."""
+
+    CONNECTION_REFUSED = "connection_refused"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"  # it answered, but not with 2xx
+    UNREACHABLE = "unreachable"  # name resolution, routing, TLS or another connection error
+    NOT_CONFIGURED = "not_configured"  # neither spire_health_url nor assume_spire_alive
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What the probe of the local SPIRE server's health endpoint found.
+
+    ``url`` None means no probe was made: ``assume_spire_alive`` (alive) or nothing configured
+    (not alive).
+    """
+
+    alive: bool
+    detail: str
+    url: str | None = None
+    failure: ProbeFailure | None = None
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +162,8 @@ class RefreshSnapshot:
     server_id: str
     tagged: tuple[ObservedKey, ...]  # td + id + spire-active=true
     aliases: tuple[AliasTarget, ...]  # one per SPIRE key ID, tagged or legacy
+    spire: Liveness | None = None  # the probe of the local SPIRE server; None: not probed
+    observed: bool = True  # False: AWS was not read (the first probe already said not alive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +223,7 @@ class Plan:
     findings: tuple[Finding, ...] = ()
     refusal: Refusal | None = None
     refusal_detail: str = ""
+    failure: str | None = None  # nothing failed in AWS, but the run must not look like success
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +250,7 @@ class RunReport:
     error: str | None = None  # set when the run could not go on
     permission_denied: bool = False  # the error is a missing IAM permission
     read_errors: tuple[str, ...] = ()  # per-key reads that failed; those keys were kept
+    spire: Liveness | None = None  # refresh: what the last probe of the SPIRE server found
 
     @property
     def outcome(self) -> Outcome:
@@ -229,6 +259,8 @@ class RunReport:
             return Outcome.FAILURE
         if self.plan.refusal is not None:
             return Outcome.REFUSED
+        if self.plan.failure is not None:
+            return Outcome.FAILURE
         if self.read_errors or any(r.outcome is Outcome.FAILURE for r in self.results):
             return Outcome.FAILURE
         return Outcome.SUCCESS

@@ -11,6 +11,7 @@ from daemon import spire
 from daemon.aio import map_pooled
 from daemon.aws.client import AwsApi
 from daemon.aws.errors import AccessDenied, AwsError, NotFound
+from daemon.liveness import Probe
 from daemon.model import (
     AliasMeta,
     AliasTarget,
@@ -74,11 +75,14 @@ async def observe_refresh(
     trust_domain: str,
     server_id: str,
     legacy_aliases: Sequence[AliasMeta] = (),
+    probe: Probe | None = None,
 ) -> Observed[RefreshSnapshot]:
     """Observe this server's tagged keys, the key each of its aliases resolves to, and states.
 
     One GetResources scan, one DescribeKey per SPIRE key ID (on the alias name: it returns the
     alias target, or NotFound), and one DescribeKey per tagged key that is not an alias target.
+    ``probe`` asks the local SPIRE server whether it is alive once the reads are done, right
+    before any write could follow; without it the snapshot says "not probed".
     """
     resources = await api.get_resources(
         {
@@ -141,7 +145,8 @@ async def observe_refresh(
         if err is not None:
             errors.append(str(err))
         keys.append(ObservedKey(res.arn, dict(res.tags), meta))
-    snapshot = RefreshSnapshot(trust_domain, server_id, tuple(keys), tuple(targets))
+    liveness = await probe() if probe is not None else None
+    snapshot = RefreshSnapshot(trust_domain, server_id, tuple(keys), tuple(targets), liveness)
     return Observed(snapshot, tuple(errors))
 
 

@@ -7,6 +7,7 @@ is never executed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -323,7 +324,47 @@ def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy
                     )
                 )
 
-    return Plan(Job.REFRESH, tuple(actions), tuple(verdicts), tuple(findings))
+    plan = Plan(Job.REFRESH, tuple(actions), tuple(verdicts), tuple(findings))
+    return _gate_refresh(plan, snapshot, policy)
+
+
+def _gate_refresh(plan: Plan, snapshot: RefreshSnapshot, policy: RefreshPolicy) -> Plan:
+    """Write nothing for a SPIRE server that is not alive; never call finding nothing success.
+
+    A stamp made from outside SPIRE proves only that the daemon lives: without a live SPIRE
+    server behind it, it would keep a dead server's keys alive for as long as the host runs.
+    """
+    liveness = snapshot.spire
+    if liveness is None or not liveness.alive:
+        why = liveness.detail if liveness is not None else "the SPIRE server was not probed"
+        would = Counter(a.kind.value for a in plan.actions)
+        planned = ", ".join(f"{kind} {n}" for kind, n in sorted(would.items())) or "nothing"
+        done = (
+            f"the run would have made: {planned}" if snapshot.observed else "AWS was not even read"
+        )
+        return replace(
+            plan,
+            actions=(),
+            refusal=Refusal.SPIRE_NOT_ALIVE,
+            refusal_detail=f"the SPIRE server is not alive ({why}); no stamp, migration or "
+            f"alias refresh is made for it ({done})",
+        )
+    found = snapshot.tagged or any(a.target is not None for a in snapshot.aliases)
+    if not found:
+        where = (
+            f"no key tagged {spire.TAG_TRUST_DOMAIN}={snapshot.trust_domain}, "
+            f"{spire.TAG_SERVER_ID}={snapshot.server_id}, {spire.TAG_ACTIVE}=true"
+        )
+        prefix = spire.alias_prefix(snapshot.trust_domain, snapshot.server_id)
+        if policy.migrate_legacy_aliases:
+            where += f", and no alias named {prefix}*"
+        else:
+            where += (
+                f"; aliases {prefix}* of untagged keys were not looked for "
+                "(migrate_legacy_aliases = false)"
+            )
+        return replace(plan, failure=f"no key of this server found: {where}")
+    return plan
 
 
 # --- reclaim -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from daemon.aws.client import AwsApi
 from daemon.durations import format_duration
 from daemon.jobs import Context, log_summary, reclaim_once, refresh_once
 from daemon.metrics import Metrics
-from daemon.model import Job, Outcome, Plan, RunReport
+from daemon.model import Job, Outcome, Plan, Refusal, RunReport
 from daemon.settings import Settings
 
 log = structlog.get_logger("daemon.runtime")
@@ -207,11 +207,14 @@ class Daemon:
         health = self.health[report.job]
         health.last_outcome = report.outcome
         health.last_finished = finished
-        health.last_error = report.error
+        health.last_error = report.error or report.plan.failure or report.plan.refusal_detail
         if report.outcome is Outcome.SUCCESS:
             health.last_success = finished
         sd_notify(f"STATUS={report.job.value} {report.outcome.value} at {finished:%H:%M:%S}Z")
-        if report.outcome is not Outcome.FAILURE or report.permission_denied:
+        # A SPIRE server that is not alive is asked again soon (each retry is one HTTP GET and
+        # no AWS call), so that its keys are stamped soon after it is back.
+        spire_down = report.plan.refusal is Refusal.SPIRE_NOT_ALIVE
+        if (report.outcome is not Outcome.FAILURE and not spire_down) or report.permission_denied:
             # Success, a guard's refusal, or a missing permission: the next tick is soon enough.
             health.failures_in_a_row = 0
             return
@@ -241,8 +244,19 @@ class Daemon:
             self.settings.refresh.interval if job is Job.REFRESH else self.settings.reclaim.interval
         )
 
+    def export_intervals(self) -> None:
+        """Publish each enabled task's interval, which the alerts compare ages with."""
+        s = self.settings
+        self.metrics.set_intervals(
+            {
+                Job.REFRESH: s.refresh.interval.total_seconds(),
+                Job.RECLAIM: s.reclaim.interval.total_seconds() if s.reclaim.enabled else None,
+            }
+        )
+
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
         """Create the two interval jobs: refresh now, reclaim after its start delay."""
+        self.export_intervals()
         now = self.ctx.clock()
         refresh, reclaim = self.settings.refresh, self.settings.reclaim
         scheduler.add_job(
@@ -319,6 +333,7 @@ class Daemon:
             logs.configure(settings.log.format, settings.log.level)
         if self.scheduler is not None:
             self.reschedule(self.scheduler, old)
+        self.export_intervals()
         log.info("reloaded", notes=kept)
 
     async def _watchdog(self) -> None:

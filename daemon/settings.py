@@ -39,7 +39,13 @@ from pydantic_settings.sources import DefaultSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.durations import Duration, format_duration, parse_duration, try_duration
-from daemon.spire import SPIRE_TAGS, ContractError, validate_server_id_value, validate_trust_domain
+from daemon.spire import (
+    SPIRE_TAGS,
+    ContractError,
+    parse_trust_domain,
+    read_server_id_file,
+    validate_server_id_value,
+)
 from daemon.spire_config import SpireConfigError, SpireValue, read_spire_server_config
 
 __all__ = [
@@ -498,6 +504,12 @@ class AwsSettings(BaseModel):
 # --- the whole ----------------------------------------------------------------------------------
 
 _REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+_HEALTH_URL_RE = re.compile(r"https?://[^\s/?#@]+(?:/\S*)?")
+_HEALTH_TIMEOUT_CEILING = timedelta(seconds=5)
+_ASSUME_AND_URL = (
+    "cannot be true while a spire_health_url is set: the probe is what makes a stamp mean "
+    "that SPIRE is alive; remove assume_spire_alive to probe the URL"
+)
 _NEITHER_IDENTIFIER = "requires a key identifier file or a key identifier value"
 _BOTH_IDENTIFIERS = "can't have a key identifier file and a key identifier value at the same time"
 _IDENTIFIER_LOC = "key_identifier_file/key_identifier_value"
@@ -518,8 +530,8 @@ class Settings(BaseSettings):
     )
 
     trust_domain: str = Field(
-        description="The SPIFFE trust domain of the SPIRE servers, as in SPIRE's config "
-        "(e.g. example.org, no spiffe://)."
+        description="The SPIFFE trust domain of the SPIRE servers, as in SPIRE's config: "
+        "example.org or spiffe://example.org (tags and aliases carry the bare name)."
     )
     region: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
@@ -542,6 +554,25 @@ class Settings(BaseSettings):
         "trust_domain and the aws_kms KeyManager's region and key_identifier_file or "
         "key_identifier_value are read from it; a setting given here or in the environment "
         "wins (the two key identifier settings count as one).",
+    )
+    spire_health_url: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
+        default=None,
+        description="http(s) URL of the local SPIRE server's health endpoint (its live check, "
+        "e.g. http://localhost:8080/live). Every refresh run GETs it before writing anything "
+        "and writes nothing unless it answers 2xx. Default: derived from spire_server_config's "
+        "health_checks block when listener_enabled = true (SPIRE's defaults: localhost, port "
+        "80, /live). run and once --job refresh need this or assume_spire_alive.",
+    )
+    spire_health_timeout: Duration = Field(
+        default=timedelta(seconds=5),
+        description="How long the SPIRE health probe waits for an answer (above 0, at most 5s).",
+    )
+    assume_spire_alive: bool = Field(
+        default=False,
+        description="UNSAFE: stamp this server's keys without asking SPIRE whether it is alive. "
+        "A crashed or decommissioned SPIRE server's keys then stay alive (and billed) for as "
+        "long as this daemon runs. Only for hosts where no health endpoint can be reached; "
+        "not together with spire_health_url.",
     )
     dry_run: bool = Field(
         default=False,
@@ -570,14 +601,28 @@ class Settings(BaseSettings):
     @field_validator("trust_domain")
     @classmethod
     def _trust_domain(cls, value: str) -> str:
-        if value.startswith("spiffe://"):
-            raise ValueError(
-                "write the bare trust domain name (e.g. example.org), without spiffe://"
-            )
         try:
-            return validate_trust_domain(value)
+            return parse_trust_domain(value)
         except ContractError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("spire_health_url")
+    @classmethod
+    def _spire_health_url(cls, value: str | None) -> str | None:
+        if value is not None and not _HEALTH_URL_RE.fullmatch(value):
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g. http://localhost:8080/live"
+            )
+        return value
+
+    @field_validator("spire_health_timeout")
+    @classmethod
+    def _spire_health_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= _HEALTH_TIMEOUT_CEILING:
+            raise ValueError(
+                f"must be above 0 and at most {format_duration(_HEALTH_TIMEOUT_CEILING)}"
+            )
+        return value
 
     @field_validator("region")
     @classmethod
@@ -606,6 +651,11 @@ class Settings(BaseSettings):
 
 def _settings_cross_checks(data: object) -> list[InitErrorDetails]:
     errors: list[InitErrorDetails] = []
+    assume = _raw(data, "assume_spire_alive")
+    if assume is True or (isinstance(assume, str) and assume.strip().lower() == "true"):
+        url = _raw(data, "spire_health_url")
+        if not _unset(url):
+            errors.append(_cross_error(("assume_spire_alive",), _ASSUME_AND_URL, assume))
     file_set = not _unset(_raw(data, "key_identifier_file"))
     value_set = not _unset(_raw(data, "key_identifier_value"))
     if not file_set and not value_set:
@@ -769,14 +819,75 @@ def _problem(
 _IDENTIFIERS = ("key_identifier_file", "key_identifier_value")
 
 
+def _given(explicit: Mapping[str, object], data: Mapping[str, object], name: str) -> object:
+    """The value the environment (first) or the file gives ``name``; None when unset or empty."""
+    value = explicit.get(name, data.get(name))
+    return None if _unset(value) else value
+
+
+def _bare_trust_domain(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_trust_domain(value)
+    except ContractError:
+        return value  # reported by validation
+
+
+def _server_id_of(kind: str, value: object) -> str | None:
+    """The server ID a key identifier setting stands for; None when it cannot be read here."""
+    if kind == "key_identifier_value":
+        return str(value)
+    try:
+        return read_server_id_file(Path(str(value))).server_id
+    except ContractError:
+        return None
+
+
+def _identifier_disagreement(
+    ours: tuple[str, object], theirs: tuple[str, SpireValue], origin: str
+) -> str | None:
+    """Why the daemon's key identifier setting names another server than SPIRE's, or None.
+
+    Two paths to the same file agree, and so do two that hold the same server ID (the systemd
+    unit hands the daemon a copy of SPIRE's file). A SPIRE file the daemon cannot read (SPIRE's
+    own 0600 file, seen from the sandbox) cannot be compared: the daemon's copy is trusted.
+    """
+    our_kind, our_value = ours
+    their_kind, found = theirs
+    if our_kind == their_kind == "key_identifier_value" and our_value == found.value:
+        return None
+    if our_kind == their_kind == "key_identifier_file":
+        if Path(str(our_value)) == Path(found.value):
+            return None
+        theirs_id = _server_id_of(their_kind, found.value)
+        if theirs_id is None or theirs_id == _server_id_of(our_kind, our_value):
+            return None
+    else:
+        ours_id, theirs_id = (
+            _server_id_of(our_kind, our_value),
+            _server_id_of(their_kind, found.value),
+        )
+        if ours_id is not None and ours_id == theirs_id:
+            return None
+    return (
+        f"{our_kind}: {str(our_value)[:_ECHO_LIMIT]!r} names another server than SPIRE's "
+        f"{their_kind} {found.value[:_ECHO_LIMIT]!r} ({origin}); the daemon must keep alive "
+        f"the keys of the server it runs beside: remove {our_kind} (SPIRE's is used), or fix "
+        "one of the two"
+    )
+
+
 def _spire_layer(
     explicit: Mapping[str, object], data: Mapping[str, object]
 ) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """Settings read from SPIRE's server.conf that neither the environment nor the file sets.
 
     ``explicit`` holds the environment's values, ``data`` the file's. Returns the values, where
-    each came from (for messages) and problems with them. Raises :class:`SettingsError` when the
-    file is unusable.
+    each came from (for messages) and problems with them: among those, an explicit setting that
+    disagrees with SPIRE's (trust domain, region, key identifier), since silently preferring
+    one of the two would keep the wrong keys alive. Raises :class:`SettingsError` when the file
+    is unusable.
     """
     raw = explicit.get("spire_server_config", data.get("spire_server_config"))
     if not isinstance(raw, str | Path) or raw == "":
@@ -785,19 +896,58 @@ def _spire_layer(
         spire_config = read_spire_server_config(Path(raw))
     except SpireConfigError as exc:
         raise SettingsError(str(exc)) from None
-    given = set(explicit) | set(data)
     layer: dict[str, Any] = {}
     origins: dict[str, str] = {}
     problems: list[str] = []
 
     def take(name: str, found: SpireValue | None) -> None:
-        if found is not None and name not in given:
+        if found is None:
+            return
+        given = _given(explicit, data, name)
+        if given is None:
             layer[name] = found.value
             origins[name] = spire_config.origin(found)
+            return
+        same = (
+            _bare_trust_domain(given) == _bare_trust_domain(found.value)
+            if name == "trust_domain"
+            else given == found.value
+        )
+        if not same:
+            problems.append(
+                f"{name}: {str(given)[:_ECHO_LIMIT]!r} disagrees with {found.value!r} in "
+                f"{spire_config.origin(found)}; the daemon must act on what SPIRE uses: "
+                f"remove {name} from the daemon's settings (SPIRE's is used), or fix one of "
+                "the two"
+            )
 
     take("trust_domain", spire_config.trust_domain)
     take("region", spire_config.region)
-    if not given.intersection(_IDENTIFIERS):
+    if _given(explicit, data, "spire_health_url") is None and spire_config.health_url:
+        layer["spire_health_url"] = spire_config.health_url.value
+        origins["spire_health_url"] = spire_config.origin(spire_config.health_url)
+
+    theirs = [
+        (name, found)
+        for name, found in (
+            ("key_identifier_file", spire_config.key_identifier_file),
+            ("key_identifier_value", spire_config.key_identifier_value),
+        )
+        if found is not None
+    ]
+    ours = [(n, v) for n in _IDENTIFIERS if (v := _given(explicit, data, n)) is not None]
+    if ours and len(theirs) == 2:
+        problems.append(
+            f"{_IDENTIFIER_LOC}: SPIRE's server.conf {spire_config.path} sets both; SPIRE does "
+            f"not start with that ({_BOTH_IDENTIFIERS})"
+        )
+    elif ours and theirs:
+        origin = spire_config.origin(theirs[0][1])
+        for our in ours:
+            problem = _identifier_disagreement(our, theirs[0], origin)
+            if problem is not None:
+                problems.append(problem)
+    elif not ours:
         found_file = spire_config.key_identifier_file
         if found_file is not None and not Path(found_file.value).is_absolute():
             problems.append(
@@ -806,11 +956,30 @@ def _spire_layer(
                 "working directory, which the daemon cannot know; set key_identifier_file (or "
                 f"{ENV_PREFIX}KEY_IDENTIFIER_FILE) to the file's absolute path"
             )
-        take("key_identifier_file", found_file)
-        take("key_identifier_value", spire_config.key_identifier_value)
-        if len(layer.keys() & set(_IDENTIFIERS)) == 2:
+        for name, found in theirs:
+            layer[name] = found.value
+            origins[name] = spire_config.origin(found)
+        if len(theirs) == 2:
             origins[_IDENTIFIER_LOC] = f"spire_server_config {spire_config.path}"
     return layer, origins, problems
+
+
+def liveness_problem(settings: Settings) -> str | None:
+    """Why ``run`` and a refresh cannot start: nothing says how to tell that SPIRE is alive."""
+    if settings.spire_health_url is not None or settings.assume_spire_alive:
+        return None
+    hint = (
+        "enable SPIRE's health listener (health_checks { listener_enabled = true } in "
+        "server.conf, read through spire_server_config)"
+        if settings.spire_server_config is not None
+        else "set spire_server_config to SPIRE's server.conf with its health listener enabled"
+    )
+    return (
+        "the refresh job stamps keys only for a live SPIRE server, and nothing says how to tell: "
+        f"set spire_health_url (e.g. http://localhost:8080/live, {ENV_PREFIX}SPIRE_HEALTH_URL), "
+        f"or {hint}; or, where no health endpoint can be reached, assume_spire_alive = true "
+        "(unsafe: a dead server's keys would then be kept alive)"
+    )
 
 
 def load_settings(

@@ -55,6 +55,35 @@ def sanitize_trust_domain(trust_domain: str) -> str:
     return trust_domain.replace(".", "_")
 
 
+_SPIFFE_SCHEME = "spiffe://"
+_PATH_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def parse_trust_domain(value: str) -> str:
+    """Return the trust domain name ``value`` stands for, as SPIRE reads ``trust_domain``.
+
+    SPIRE parses it with go-spiffe's ``TrustDomainFromString``: a bare name (``example.org``),
+    or, when the value holds ``:/``, a SPIFFE ID (``spiffe://example.org``, a path allowed),
+    whose trust domain is taken. Tags and aliases always carry the bare name.
+    """
+    if ":/" not in value:
+        return validate_trust_domain(value)
+    if not value.startswith(_SPIFFE_SCHEME):
+        raise ContractError(
+            f"{value[:60]!r} is neither a trust domain name nor a spiffe:// ID "
+            "(write example.org or spiffe://example.org)"
+        )
+    name, slash, path = value[len(_SPIFFE_SCHEME) :].partition("/")
+    if slash:
+        segments = path.split("/")
+        if any(not _PATH_SEGMENT_RE.fullmatch(seg) or seg in (".", "..") for seg in segments):
+            raise ContractError(
+                f"{value[:60]!r} is not a valid SPIFFE ID: its path must be non-empty segments "
+                "of letters, digits, '.', '-' and '_', not '.' or '..', with no trailing slash"
+            )
+    return validate_trust_domain(name)
+
+
 def validate_trust_domain(trust_domain: str) -> str:
     """Return ``trust_domain`` if it is a valid SPIFFE trust domain name, else raise."""
     if not trust_domain:

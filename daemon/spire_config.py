@@ -496,6 +496,8 @@ class SpireServerConfig:
     key_identifier_file: SpireValue | None = None
     key_identifier_value: SpireValue | None = None
     tag_based_key_discovery: bool | None = None
+    #: The live check of SPIRE's health listener, when ``health_checks`` enables it.
+    health_url: SpireValue | None = None
 
     def origin(self, value: SpireValue) -> str:
         """``spire_server_config /path line 12``, for messages."""
@@ -537,6 +539,59 @@ def _enabled(path: Path, block: Block) -> bool:
             path, 'KeyManager "aws_kms" enabled must be true or false', attribute.line
         )
     return attribute.value
+
+
+def _scalar(path: Path, body: Body, name: str, where: str) -> SpireValue | None:
+    """A string or number attribute as text (HCL 1 decodes a number into a string field)."""
+    attribute = body.attribute(name)
+    if attribute is None or attribute.value is None or attribute.value == "":
+        return None
+    value = attribute.value
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise SpireConfigError(path, f"{where}{name} must be a string", attribute.line)
+    return _string(path, Body((Attribute(name, str(value), attribute.line),)), name, where)
+
+
+def health_live_url(bind_address: str, bind_port: str, live_path: str) -> str:
+    """The URL of SPIRE's live check, from ``health_checks`` (SPIRE's defaults filled in).
+
+    SPIRE listens on ``localhost:80`` and serves ``/live`` unless told otherwise. A wildcard
+    listen address (``0.0.0.0``, ``::``) is reached on the loopback address.
+    """
+    host = bind_address.strip("[]") or "localhost"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - mapped away
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{bind_port or '80'}{live_path or '/live'}"
+
+
+def _health(path: Path, root: Body) -> SpireValue | None:
+    block = _one(path, root.blocks("health_checks"), "the health_checks block")
+    if block is None:
+        return None
+    where = "health_checks."
+    enabled = block.body.attribute("listener_enabled")
+    if enabled is None or enabled.value is not True:
+        if enabled is not None and not isinstance(enabled.value, bool):
+            raise SpireConfigError(
+                path, f"{where}listener_enabled must be true or false", enabled.line
+            )
+        return None
+    address = _scalar(path, block.body, "bind_address", where)
+    port = _scalar(path, block.body, "bind_port", where)
+    live = _scalar(path, block.body, "live_path", where)
+    if port is not None and not (port.value.isascii() and port.value.isdigit()):
+        raise SpireConfigError(
+            path, f"{where}bind_port {port.value!r} is not a port number", port.line
+        )
+    if live is not None and not live.value.startswith("/"):
+        raise SpireConfigError(
+            path, f"{where}live_path {live.value!r} must start with /", live.line
+        )
+    url = health_live_url(
+        address.value if address else "", port.value if port else "", live.value if live else ""
+    )
+    return SpireValue(url, enabled.line)
 
 
 def read_spire_server_config(path: Path) -> SpireServerConfig:
@@ -603,4 +658,6 @@ def read_spire_server_config(path: Path) -> SpireServerConfig:
         flag = data.body.attribute("enable_tag_based_key_discovery")
         if flag is not None and isinstance(flag.value, bool):
             discovery = flag.value
-    return SpireServerConfig(path, trust_domain, region, file, value, discovery)
+    return SpireServerConfig(
+        path, trust_domain, region, file, value, discovery, _health(path, root)
+    )

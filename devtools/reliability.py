@@ -31,6 +31,7 @@ from devtools import scenarios
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from devtools.scenarios import Harness, Outcome
+from devtools.spire_health import SpireHealth
 
 Row = tuple[str, Callable[[Harness], Outcome]]
 KNOWN_BUG = "[known bug]"
@@ -158,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Emulator() as emulator,
         FaultProxy(emulator.endpoint_url, emulator=emulator, aws=True) as proxy,
         scenarios.aws_environment(emulator, Path(tmp)),
+        SpireHealth() as spire,
     ):
-        harness = Harness(emulator, proxy, Path(tmp))
+        harness = Harness(emulator, proxy, Path(tmp), spire)
         for name, run in chosen:
             print(f"running: {name} ...", file=sys.stderr, flush=True)
             t0 = time.monotonic()

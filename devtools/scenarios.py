@@ -48,6 +48,7 @@ from daemon import spire
 from daemon.cli import main as cli_main
 from devtools.emulator import REGION, Emulator
 from devtools.faultproxy import MUTATING, MUTATING_OPERATIONS, FaultProxy, key_id_of
+from devtools.spire_health import SpireHealth
 
 __all__ = [
     "DENIALS",
@@ -142,17 +143,22 @@ def _toml(value: Any) -> str:
 class Harness:
     """The emulator, the proxy in front of it and a work directory for settings files."""
 
-    def __init__(self, emulator: Emulator, proxy: FaultProxy, workdir: Path) -> None:
+    def __init__(
+        self, emulator: Emulator, proxy: FaultProxy, workdir: Path, spire: SpireHealth
+    ) -> None:
         self.emulator = emulator
         self.proxy = proxy
         self.workdir = workdir
+        self.spire = spire  # every daemon's SPIRE server: a stand-in health listener
         self._configs = 0
 
     def fresh(self) -> None:
-        """Empty the emulator, drop the proxy's rules and records, turn every AWS behaviour on."""
+        """Empty the emulator, drop the proxy's rules and records, turn every AWS behaviour on;
+        the SPIRE server answers alive."""
         self.emulator.reset()
         self.proxy.reset()
         self.proxy.emulate_aws()
+        self.spire.set("alive")
 
     def aws_now(self) -> datetime:
         """AWS's clock (the local one shifted by the emulator's clock skew)."""
@@ -181,6 +187,7 @@ class Harness:
             f"trust_domain = {_toml(TD)}",
             f"region = {_toml(REGION)}",
             f"key_identifier_value = {_toml(server_id)}",
+            f"spire_health_url = {_toml(self.spire.url)}",
             "[reclaim]",
             *(f"{k} = {_toml(v)}" for k, v in reclaim_settings.items()),
             "[aws]",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
+from devtools.spire_health import SpireHealth
+from tests.daemons import DaemonProcess
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,33 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def spire_health_server() -> Iterator[SpireHealth]:
+    """A stand-in SPIRE health listener for the whole session (see devtools/spire_health.py)."""
+    with SpireHealth() as server:
+        yield server
+
+
+@pytest.fixture
+def spire_health(spire_health_server: SpireHealth) -> SpireHealth:
+    """The stand-in SPIRE health listener, answering alive (tests switch it with ``set``)."""
+    spire_health_server.set("alive")
+    spire_health_server.requests = 0
+    return spire_health_server
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemon processes; any still running at teardown is killed (by its own pid)."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, env: dict[str, str]) -> DaemonProcess:
+        process = DaemonProcess(list(args), env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

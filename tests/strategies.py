@@ -23,6 +23,7 @@ from daemon.model import (
     AliasMeta,
     AliasTarget,
     KeyMeta,
+    Liveness,
     ObservedKey,
     Plan,
     ReclaimSnapshot,
@@ -33,6 +34,10 @@ from daemon.plan import ReclaimPolicy, RefreshPolicy, choose_serving, needs_alia
 TD = "example.org"
 OTHER_TD = "example.org2"  # sanitizes to example_org2: a prefix trap for example_org
 OWN = "0f8e4c2a-6b1d-4e3f-9a7c-5d2b8e1f3a6c"
+#: A probe of the local SPIRE server that answered alive.
+ALIVE = Liveness(
+    True, "HTTP 200 from http://localhost:8080/live", "http://localhost:8080/live", status=200
+)
 PEER = "peer-a"
 ACCOUNT = "111122223333"
 #: A fixed "now" with a fractional second, so that rounding of Unix seconds is exercised.
@@ -475,5 +480,5 @@ def refresh_worlds(draw: st.DrawFn) -> RefreshWorld:
         if target is not None:
             target = seen.setdefault(target.arn, target)
         consistent.append(replace(alias, target=target))
-    snapshot = RefreshSnapshot(TD, OWN, tuple(tagged), tuple(consistent))
+    snapshot = RefreshSnapshot(TD, OWN, tuple(tagged), tuple(consistent), ALIVE)
     return RefreshWorld(snapshot, now, policy)

@@ -373,7 +373,9 @@ async def test_refresh_falls_back_to_kms_tag_resource_when_tag_resources_is_deni
         for kid in ("x509-CA-A", "JWT-Signer-A")
     ]
     proxy.deny("TagResources")
-    settings = Settings(trust_domain=TD, key_identifier_value=SERVER, region="us-east-1")
+    settings = Settings(
+        trust_domain=TD, key_identifier_value=SERVER, region="us-east-1", assume_spire_alive=True
+    )
     ctx = Context(settings, SERVER, api)
 
     report = await refresh_once(ctx)
@@ -525,7 +527,9 @@ async def test_stamp_report_says_which_keys_failed_when_a_later_batch_fails(
         for i in range(25)
     ]
     proxy.throttle("TagResources", skip=1)  # the first batch of 20 goes through, the second fails
-    settings = Settings(trust_domain=TD, key_identifier_value=SERVER, region="us-east-1")
+    settings = Settings(
+        trust_domain=TD, key_identifier_value=SERVER, region="us-east-1", assume_spire_alive=True
+    )
 
     report = await refresh_once(Context(settings, SERVER, api))
 

@@ -38,7 +38,9 @@ def write_config(
     path.write_text(
         f'trust_domain = "{TD}"\n'
         'region = "us-east-1"\n'
-        f'key_identifier_file = "{keyid}"\n' + body + (aws if endpoint else "")
+        f'key_identifier_file = "{keyid}"\n'
+        # Liveness has its own tests (tests/test_liveness.py); these are about the CLI.
+        "assume_spire_alive = true\n" + body + (aws if endpoint else "")
     )
     return path
 

@@ -19,6 +19,7 @@ from daemon import spire
 from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
+from devtools.spire_health import SpireHealth
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,7 @@ class Cli:
     tmp: Path
     endpoint: str
     capsys: pytest.CaptureFixture[str]
+    spire_url: str = ""  # the stand-in SPIRE health listener
     reclaim: dict[str, str] = field(default_factory=dict)
     out: str = ""
     err: str = ""
@@ -57,6 +59,7 @@ class Cli:
             f'trust_domain = "{TD}"\n'
             'region = "us-east-1"\n'
             f'key_identifier_file = "{keyid}"\n'
+            f'spire_health_url = "{self.spire_url}"\n'
             f"[reclaim]\n{reclaim}"
             "[aws]\n"
             f'endpoint_url = "{self.endpoint}"\n'
@@ -74,8 +77,10 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, proxy: FaultProxy, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(tmp_path, proxy.endpoint_url, capsys)
+def cli(
+    tmp_path: Path, proxy: FaultProxy, capsys: pytest.CaptureFixture[str], spire_health: SpireHealth
+) -> Cli:
+    return Cli(tmp_path, proxy.endpoint_url, capsys, spire_health.url)
 
 
 def ago(delta: timedelta) -> int:
@@ -699,12 +704,16 @@ def test_a_peers_legacy_key_is_neither_migrated_nor_reclaimed(
         tagged=False,
         created_at=datetime.now(UTC) - 90 * DAY,
     )
+    own = aws.spire_key(
+        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=ago(DAY), alias=False
+    )
 
     assert cli("once") == 0, cli.out + cli.err
 
     assert aws.tags(legacy_peer) == {}
     assert aws.key_state(legacy_peer) == "Enabled"
     assert mutations(proxy)["TagResource"] == 0
+    assert int(aws.tags(own)[spire.TAG_LAST_UPDATE]) > ago(timedelta(minutes=5))
 
 
 def test_aliases_of_a_prefix_trust_domain_are_not_ours(
@@ -720,7 +729,9 @@ def test_aliases_of_a_prefix_trust_domain_are_not_ours(
     )
     assert aws.alias_target(spire.alias_name("example.org2", SERVER, "x509-CA-A"))
 
-    assert cli("once", "--job", "refresh") == 0, cli.out + cli.err
+    # Nothing of this server's is found, and that is a failure, not a quiet success.
+    assert cli("once", "--job", "refresh") == 1, cli.out + cli.err
+    assert "no key of this server found" in cli.out
 
     assert aws.tags(theirs) == {}
     assert mutations(proxy) == NO_MUTATIONS

@@ -25,6 +25,8 @@ def settings() -> Settings:
             "SPIRE_KMS_RECONCILER_TRUST_DOMAIN": TD,
             "SPIRE_KMS_RECONCILER_REGION": "us-east-1",
             "SPIRE_KMS_RECONCILER_KEY_IDENTIFIER_VALUE": SERVER,
+            # Clock handling, not liveness, is tested here (tests/test_liveness.py has that).
+            "SPIRE_KMS_RECONCILER_ASSUME_SPIRE_ALIVE": "true",
         },
     )
 
@@ -36,7 +38,9 @@ async def test_refresh_stamps_aws_time_when_local_clock_is_off(
     """A clock 15 days behind would make peers reclaim this server's serving keys."""
     now = datetime.now(UTC)
     arn = aws.spire_key(
-        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A",
+        trust_domain=TD,
+        server_id=SERVER,
+        key_id="x509-CA-A",
         last_update=int((now - timedelta(hours=6)).timestamp()),
     )
     aws.clock_skew = skew  # AWS's Date header is `skew` away from the local clock
@@ -50,8 +54,12 @@ async def test_refresh_stamps_aws_time_when_local_clock_is_off(
 
 async def test_refresh_stamps_local_time_within_tolerance(aws: Emulator) -> None:
     now = datetime.now(UTC)
-    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A",
-                        last_update=int((now - timedelta(hours=6)).timestamp()))
+    arn = aws.spire_key(
+        trust_domain=TD,
+        server_id=SERVER,
+        key_id="x509-CA-A",
+        last_update=int((now - timedelta(hours=6)).timestamp()),
+    )
     aws.clock_skew = timedelta(minutes=2)
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
         await refresh_once(Context(settings(), SERVER, api))
@@ -62,12 +70,23 @@ async def test_refresh_stamps_local_time_within_tolerance(aws: Emulator) -> None
 async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) -> None:
     """On shutdown, calls in flight finish and no new mutating call starts."""
     now = datetime.now(UTC)
-    arn = aws.spire_key(trust_domain=TD, server_id="peer", key_id="x509-CA-A", alias=False,
-                        last_update=int((now - timedelta(days=20)).timestamp()),
-                        created_at=now - timedelta(days=90))
+    arn = aws.spire_key(
+        trust_domain=TD,
+        server_id="peer",
+        key_id="x509-CA-A",
+        alias=False,
+        last_update=int((now - timedelta(days=20)).timestamp()),
+        created_at=now - timedelta(days=90),
+    )
     # A second live key keeps the blast-radius fraction at one half.
-    aws.spire_key(trust_domain=TD, server_id="peer2", key_id="x509-CA-A", alias=False,
-                  last_update=int(now.timestamp()), created_at=now - timedelta(days=90))
+    aws.spire_key(
+        trust_domain=TD,
+        server_id="peer2",
+        key_id="x509-CA-A",
+        alias=False,
+        last_update=int(now.timestamp()),
+        created_at=now - timedelta(days=90),
+    )
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
         api.stopping = True
         report = await reclaim_once(Context(settings(), SERVER, api))
@@ -81,11 +100,23 @@ async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) ->
 async def test_migration_never_takes_a_key_tagged_for_another_server(aws: Emulator) -> None:
     """An alias of this server pointing at another server's tagged key: left as it is."""
     now = datetime.now(UTC)
-    theirs = aws.spire_key(trust_domain=TD, server_id="peer", key_id="x509-CA-A", alias=False,
-                           last_update=int(now.timestamp()), created_at=now - timedelta(days=9))
+    theirs = aws.spire_key(
+        trust_domain=TD,
+        server_id="peer",
+        key_id="x509-CA-A",
+        alias=False,
+        last_update=int(now.timestamp()),
+        created_at=now - timedelta(days=9),
+    )
     aws.create_alias(spire.alias_name(TD, SERVER, "x509-CA-A"), theirs)
-    legacy = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="JWT-Signer-A",
-                           last_update=None, tagged=False, created_at=now - timedelta(days=9))
+    legacy = aws.spire_key(
+        trust_domain=TD,
+        server_id=SERVER,
+        key_id="JWT-Signer-A",
+        last_update=None,
+        tagged=False,
+        created_at=now - timedelta(days=9),
+    )
     before = aws.tags(theirs)
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
         report = await refresh_once(Context(settings(), SERVER, api))

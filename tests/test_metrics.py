@@ -6,6 +6,7 @@ Reports are crafted from daemon.model (no AWS); each assertion reads one sample 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -21,6 +22,7 @@ from daemon.model import (
     Finding,
     Job,
     KeyVerdict,
+    Liveness,
     Outcome,
     Plan,
     Refusal,
@@ -122,13 +124,13 @@ def test_label_values_are_preinitialised_to_zero(
     """Every series exists (0.0, not None) before any run, so rate() and alerts see it at once."""
     for job in ("refresh", "reclaim"):
         for outcome in RUN_OUTCOMES:
-            assert value(registry, "runs_total", job=job, outcome=outcome) == 0.0, (job, outcome)
-        assert value(registry, "last_success_timestamp_seconds", job=job) == 0.0
-        assert value(registry, "last_run_timestamp_seconds", job=job) == 0.0
-        assert value(registry, "permission_denied", job=job) == 0.0
-        assert value(registry, "run_duration_seconds_count", job=job) == 0.0
+            assert value(registry, "runs_total", task=job, outcome=outcome) == 0.0, (job, outcome)
+        assert value(registry, "last_success_timestamp_seconds", task=job) == 0.0
+        assert value(registry, "last_run_timestamp_seconds", task=job) == 0.0
+        assert value(registry, "permission_denied", task=job) == 0.0
+        assert value(registry, "run_duration_seconds_count", task=job) == 0.0
         for anomaly in Anomaly:
-            assert value(registry, "anomalies", job=job, anomaly=anomaly.value) == 0.0
+            assert value(registry, "anomalies", task=job, anomaly=anomaly.value) == 0.0
     for v in Verdict:
         assert value(registry, "keys", state=v.value) == 0.0, v
     for kind in ActionKind:
@@ -139,7 +141,7 @@ def test_label_values_are_preinitialised_to_zero(
             assert (
                 value(registry, "aws_requests_total", operation=operation, outcome=outcome) == 0.0
             ), (operation, outcome)
-    assert value(registry, "reclaim_refused_total") == 0.0
+    assert refused(registry) == 0.0
     assert value(registry, "build_info", version=__version__) == 1.0
 
 
@@ -159,13 +161,13 @@ def test_each_metrics_object_has_its_own_registry() -> None:
 def test_exposition_uses_the_documented_names(metrics: Metrics) -> None:
     text = generate_latest(metrics.registry).decode()
     for name in (
-        'runs_total{job="refresh",outcome="success"}',
-        'run_duration_seconds_bucket{job="reclaim",le="+Inf"}',
-        'last_success_timestamp_seconds{job="refresh"}',
+        'runs_total{outcome="success",task="refresh"}',
+        'run_duration_seconds_bucket{le="+Inf",task="reclaim"}',
+        'last_success_timestamp_seconds{task="refresh"}',
         'keys{state="stale"}',
         'actions_total{action="stamp",outcome="success"}',
         'aws_requests_total{operation="GetResources",outcome="denied"}',
-        "reclaim_refused_total ",
+        'reclaim_refused_total{guard="clock_skew"}',
         f'build_info{{version="{__version__}"}} 1.0',
     ):
         assert P + name in text, name
@@ -182,45 +184,83 @@ def test_runs_total_by_job_and_outcome(metrics: Metrics, registry: CollectorRegi
     metrics.observe(
         report(Job.RECLAIM, results=(result(ActionKind.MARK_INACTIVE, Outcome.FAILURE),)), T0 + 4
     )
-    assert value(registry, "runs_total", job="refresh", outcome="success") == 2.0
-    assert value(registry, "runs_total", job="refresh", outcome="failure") == 1.0
-    assert value(registry, "runs_total", job="refresh", outcome="refused") == 0.0
-    assert value(registry, "runs_total", job="reclaim", outcome="refused") == 1.0
-    assert value(registry, "runs_total", job="reclaim", outcome="failure") == 1.0
-    assert value(registry, "runs_total", job="reclaim", outcome="success") == 0.0
-    assert value(registry, "run_duration_seconds_count", job="refresh") == 3.0
-    assert value(registry, "run_duration_seconds_sum", job="refresh") == pytest.approx(1.5)
-    assert value(registry, "last_run_timestamp_seconds", job="reclaim") == T0 + 4
+    assert value(registry, "runs_total", task="refresh", outcome="success") == 2.0
+    assert value(registry, "runs_total", task="refresh", outcome="failure") == 1.0
+    assert value(registry, "runs_total", task="refresh", outcome="refused") == 0.0
+    assert value(registry, "runs_total", task="reclaim", outcome="refused") == 1.0
+    assert value(registry, "runs_total", task="reclaim", outcome="failure") == 1.0
+    assert value(registry, "runs_total", task="reclaim", outcome="success") == 0.0
+    assert value(registry, "run_duration_seconds_count", task="refresh") == 3.0
+    assert value(registry, "run_duration_seconds_sum", task="refresh") == pytest.approx(1.5)
+    assert value(registry, "last_run_timestamp_seconds", task="reclaim") == T0 + 4
 
 
 def test_last_success_only_moves_on_success(metrics: Metrics, registry: CollectorRegistry) -> None:
     metrics.observe(report(Job.REFRESH), T0)
-    assert value(registry, "last_success_timestamp_seconds", job="refresh") == T0
+    assert value(registry, "last_success_timestamp_seconds", task="refresh") == T0
     metrics.observe(report(Job.REFRESH, error="boom"), T0 + 10)
     metrics.observe(report(Job.REFRESH, read_errors=("DescribeKey k1: boom",)), T0 + 20)
     metrics.observe(
         report(Job.REFRESH, results=(result(ActionKind.STAMP, Outcome.FAILURE),)), T0 + 30
     )
-    assert value(registry, "last_success_timestamp_seconds", job="refresh") == T0
-    assert value(registry, "last_run_timestamp_seconds", job="refresh") == T0 + 30
+    assert value(registry, "last_success_timestamp_seconds", task="refresh") == T0
+    assert value(registry, "last_run_timestamp_seconds", task="refresh") == T0 + 30
     metrics.observe(report(Job.RECLAIM, refusal=Refusal.CLOCK_SKEW), T0 + 40)
-    assert value(registry, "last_success_timestamp_seconds", job="reclaim") == 0.0
+    assert value(registry, "last_success_timestamp_seconds", task="reclaim") == 0.0
     metrics.observe(report(Job.REFRESH), T0 + 50)
-    assert value(registry, "last_success_timestamp_seconds", job="refresh") == T0 + 50
-    assert value(registry, "last_success_timestamp_seconds", job="reclaim") == 0.0
+    assert value(registry, "last_success_timestamp_seconds", task="refresh") == T0 + 50
+    assert value(registry, "last_success_timestamp_seconds", task="reclaim") == 0.0
 
 
-def test_reclaim_refused_total_counts_refusals(
+def refused(registry: CollectorRegistry) -> float:
+    return sum(
+        value(registry, "reclaim_refused_total", guard=g) or 0.0
+        for g in ("blast_radius", "clock_skew")
+    )
+
+
+def test_reclaim_refused_total_counts_reclaim_refusals_by_guard(
     metrics: Metrics, registry: CollectorRegistry
 ) -> None:
     metrics.observe(report(Job.RECLAIM), T0)
-    assert value(registry, "reclaim_refused_total") == 0.0
+    assert refused(registry) == 0.0
     metrics.observe(report(Job.RECLAIM, refusal=Refusal.BLAST_RADIUS), T0 + 1)
     metrics.observe(report(Job.RECLAIM, refusal=Refusal.CLOCK_SKEW), T0 + 2)
-    assert value(registry, "reclaim_refused_total") == 2.0
+    assert value(registry, "reclaim_refused_total", guard="blast_radius") == 1.0
+    assert value(registry, "reclaim_refused_total", guard="clock_skew") == 1.0
     # A failed run whose plan was refused is a failure, not a refusal.
     metrics.observe(report(Job.RECLAIM, refusal=Refusal.BLAST_RADIUS, error="boom"), T0 + 3)
-    assert value(registry, "reclaim_refused_total") == 2.0
+    assert refused(registry) == 2.0
+    # A refresh refused because SPIRE is not alive is not a reclaim refusal.
+    metrics.observe(report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE), T0 + 4)
+    assert refused(registry) == 2.0
+    assert value(registry, "runs_total", task="refresh", outcome="refused") == 1.0
+    assert value(registry, "reclaim_refused_total", guard="spire_not_alive") is None
+
+
+def test_spire_up_follows_the_latest_probe(metrics: Metrics, registry: CollectorRegistry) -> None:
+    assert value(registry, "spire_up") == 0.0  # not known to be alive before the first probe
+    up = Liveness(True, "HTTP 200", "http://localhost/live", status=200)
+    down = Liveness(False, "connection refused", "http://localhost/live")
+    metrics.observe(replace(report(Job.REFRESH), spire=up), T0)
+    assert value(registry, "spire_up") == 1.0
+    metrics.observe(replace(report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE), spire=down), T0)
+    assert value(registry, "spire_up") == 0.0
+    metrics.observe(report(Job.RECLAIM), T0)  # reclaim does not probe: left as it was
+    assert value(registry, "spire_up") == 0.0
+
+
+def test_intervals_are_exported_for_enabled_tasks_only(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    metrics.set_intervals({Job.REFRESH: 21600.0, Job.RECLAIM: 172800.0})
+    assert value(registry, "interval_seconds", task="refresh") == 21600.0
+    assert value(registry, "interval_seconds", task="reclaim") == 172800.0
+    metrics.set_intervals({Job.REFRESH: 3600.0, Job.RECLAIM: None})
+    assert value(registry, "interval_seconds", task="refresh") == 3600.0
+    assert value(registry, "interval_seconds", task="reclaim") is None
+    metrics.set_intervals({Job.RECLAIM: None})  # removing twice is fine
+    assert value(registry, "interval_seconds", task="reclaim") is None
 
 
 # --- keys, actions, anomalies, permission --------------------------------------------------------
@@ -240,7 +280,7 @@ def test_keys_gauge_follows_the_latest_reclaim_verdicts(
     assert value(registry, "keys", state="fresh") == 2.0
     assert value(registry, "keys", state="stale") == 1.0
     assert value(registry, "keys", state="protected") == 1.0
-    assert value(registry, "keys", state="serving") == 1.0
+    assert value(registry, "keys", state="serving") == 0.0  # serving keys are refresh's to count
     assert value(registry, "keys", state="reclaimed") == 0.0
 
     second = (verdict(Verdict.FRESH, 1), verdict(Verdict.RECLAIMED, 3))
@@ -255,10 +295,51 @@ def test_keys_gauge_follows_the_latest_reclaim_verdicts(
     assert value(registry, "keys", state="fresh") == 1.0
     assert value(registry, "keys", state="reclaimed") == 1.0
 
-    # The refresh job's verdicts (this server's keys only) do not overwrite the TD-wide figures.
+    # The refresh job's verdicts set this server's states and leave the TD-wide ones.
     metrics.observe(report(Job.REFRESH, verdicts=(verdict(Verdict.SERVING, 9),)), T0 + 3)
-    assert value(registry, "keys", state="serving") == 0.0
+    assert value(registry, "keys", state="serving") == 1.0
     assert value(registry, "keys", state="fresh") == 1.0
+    # A refresh refused before it read anything (SPIRE not alive) keeps them.
+    metrics.observe(report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE), T0 + 4)
+    assert value(registry, "keys", state="serving") == 1.0
+
+
+def test_keys_gauge_shows_the_state_the_run_left(
+    metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    verdicts = (
+        verdict(Verdict.STALE, 1),  # marked and scheduled: reclaimed
+        verdict(Verdict.STALE, 2),  # marked, scheduling failed: reclaiming
+        verdict(Verdict.STALE, 3),  # marking failed: still stale
+        verdict(Verdict.RECLAIMING, 4),  # completed: reclaimed
+    )
+    results = (
+        result(ActionKind.MARK_INACTIVE, Outcome.SUCCESS, 1),
+        result(ActionKind.SCHEDULE_DELETION, Outcome.SUCCESS, 1),
+        result(ActionKind.MARK_INACTIVE, Outcome.SUCCESS, 2),
+        result(ActionKind.SCHEDULE_DELETION, Outcome.FAILURE, 2),
+        result(ActionKind.MARK_INACTIVE, Outcome.FAILURE, 3),
+        result(ActionKind.SCHEDULE_DELETION, Outcome.SKIPPED, 3),
+        result(ActionKind.SCHEDULE_DELETION, Outcome.SUCCESS, 4),
+    )
+    metrics.observe(report(Job.RECLAIM, verdicts=verdicts, results=results), T0)
+    assert value(registry, "keys", state="reclaimed") == 2.0
+    assert value(registry, "keys", state="reclaiming") == 1.0
+    assert value(registry, "keys", state="stale") == 1.0
+    # A dry run leaves every key as it found it.
+    dry = replace(report(Job.RECLAIM, verdicts=verdicts, results=results), dry_run=True)
+    metrics.observe(dry, T0 + 1)
+    assert value(registry, "keys", state="stale") == 3.0
+    assert value(registry, "keys", state="reclaimed") == 0.0
+    # A legacy key migrated by the run now serves.
+    legacy = (verdict(Verdict.LEGACY, 7), verdict(Verdict.LEGACY, 8), verdict(Verdict.SERVING, 9))
+    migrated = (
+        result(ActionKind.MIGRATE, Outcome.SUCCESS, 7),
+        result(ActionKind.MIGRATE, Outcome.FAILURE, 8),
+    )
+    metrics.observe(report(Job.REFRESH, verdicts=legacy, results=migrated), T0 + 2)
+    assert value(registry, "keys", state="serving") == 2.0
+    assert value(registry, "keys", state="legacy") == 1.0
 
 
 def test_actions_total_by_action_and_outcome(metrics: Metrics, registry: CollectorRegistry) -> None:
@@ -300,29 +381,29 @@ def test_anomalies_gauge_reflects_each_jobs_latest_run(
     )
     metrics.observe(report(Job.RECLAIM, findings=findings), T0)
     metrics.observe(report(Job.REFRESH, findings=(finding(Anomaly.SUPERSEDED, 4),)), T0)
-    assert value(registry, "anomalies", job="reclaim", anomaly="malformed_last_update") == 2.0
-    assert value(registry, "anomalies", job="reclaim", anomaly="future_last_update") == 1.0
-    assert value(registry, "anomalies", job="refresh", anomaly="superseded") == 1.0
-    assert value(registry, "anomalies", job="refresh", anomaly="malformed_last_update") == 0.0
+    assert value(registry, "anomalies", task="reclaim", anomaly="malformed_last_update") == 2.0
+    assert value(registry, "anomalies", task="reclaim", anomaly="future_last_update") == 1.0
+    assert value(registry, "anomalies", task="refresh", anomaly="superseded") == 1.0
+    assert value(registry, "anomalies", task="refresh", anomaly="malformed_last_update") == 0.0
 
     metrics.observe(report(Job.RECLAIM, error="boom"), T0 + 1)  # kept: nothing observed
-    assert value(registry, "anomalies", job="reclaim", anomaly="malformed_last_update") == 2.0
+    assert value(registry, "anomalies", task="reclaim", anomaly="malformed_last_update") == 2.0
     metrics.observe(report(Job.RECLAIM, findings=(finding(Anomaly.FUTURE_LAST_UPDATE, 3),)), T0)
-    assert value(registry, "anomalies", job="reclaim", anomaly="malformed_last_update") == 0.0
-    assert value(registry, "anomalies", job="reclaim", anomaly="future_last_update") == 1.0
-    assert value(registry, "anomalies", job="refresh", anomaly="superseded") == 1.0  # untouched
+    assert value(registry, "anomalies", task="reclaim", anomaly="malformed_last_update") == 0.0
+    assert value(registry, "anomalies", task="reclaim", anomaly="future_last_update") == 1.0
+    assert value(registry, "anomalies", task="refresh", anomaly="superseded") == 1.0  # untouched
 
 
 def test_permission_denied_gauge(metrics: Metrics, registry: CollectorRegistry) -> None:
     denied = report(Job.REFRESH, error="tag:GetResources denied", denied=True)
     metrics.observe(denied, T0)
-    assert value(registry, "permission_denied", job="refresh") == 1.0
-    assert value(registry, "permission_denied", job="reclaim") == 0.0
+    assert value(registry, "permission_denied", task="refresh") == 1.0
+    assert value(registry, "permission_denied", task="reclaim") == 0.0
     metrics.observe(report(Job.REFRESH, error="GetResources: InternalFailure"), T0 + 1)
-    assert value(registry, "permission_denied", job="refresh") == 0.0
+    assert value(registry, "permission_denied", task="refresh") == 0.0
     metrics.observe(denied, T0 + 2)
     metrics.observe(report(Job.REFRESH), T0 + 3)
-    assert value(registry, "permission_denied", job="refresh") == 0.0
+    assert value(registry, "permission_denied", task="refresh") == 0.0
 
 
 def test_on_aws_call_counts_aws_requests(metrics: Metrics, registry: CollectorRegistry) -> None:

@@ -24,8 +24,10 @@ from daemon.model import (
     Anomaly,
     Job,
     KeyMeta,
+    Liveness,
     ObservedKey,
     Plan,
+    ProbeFailure,
     ReclaimSnapshot,
     RefreshSnapshot,
     Refusal,
@@ -44,6 +46,7 @@ from daemon.plan import (
     plan_refresh,
 )
 from tests.strategies import (
+    ALIVE,
     DAY,
     NOW,
     OTHER_TD,
@@ -90,7 +93,7 @@ def refresh(
     policy: RefreshPolicy | None = None,
     now: datetime = NOW,
 ) -> Plan:
-    snapshot = RefreshSnapshot(TD, OWN, tuple(keys), tuple(aliases))
+    snapshot = RefreshSnapshot(TD, OWN, tuple(keys), tuple(aliases), ALIVE)
     return plan_refresh(snapshot, now, policy or RefreshPolicy())
 
 
@@ -336,8 +339,12 @@ def test_alias_target_with_unknown_tags_not_migrated() -> None:
 def test_own_alias_target_marked_inactive_is_reactivated() -> None:
     """This server's alias points to it, so it serves: all five tags are written again."""
     legacy = make_meta(9, created=NOW - 400 * DAY)
-    tags = {"spire-server-td": TD, "spire-server-id": OWN, "spire-key-id": ACME,
-            "spire-active": "false"}
+    tags = {
+        "spire-server-td": TD,
+        "spire-server-id": OWN,
+        "spire-key-id": ACME,
+        "spire-active": "false",
+    }
     alias = replace(make_alias_target(ACME, legacy), target_tags=tags)
     (migrate,) = actions_of(refresh(aliases=(alias,)), ActionKind.MIGRATE)
     assert migrate.tags["spire-active"] == "true"
@@ -442,7 +449,7 @@ def test_alias_target_tagged_for_another_key_id_not_retagged() -> None:
 def test_two_aliases_on_one_tagged_key_are_stable() -> None:
     a = make_key(1, key_id="x509-CA-A", last_update=ANCIENT)
     aliases = (make_alias_target("x509-CA-A", a.meta), make_alias_target("x509-CA-B", a.meta))
-    snapshot = RefreshSnapshot(TD, OWN, (a,), aliases)
+    snapshot = RefreshSnapshot(TD, OWN, (a,), aliases, ALIVE)
     first = plan_refresh(snapshot, NOW, RefreshPolicy())
     second = plan_refresh(apply_refresh(snapshot, first), NOW, RefreshPolicy())
     assert kinds(second, a.arn).count(ActionKind.STAMP) == 0
@@ -453,7 +460,11 @@ def test_refresh_is_idempotent_after_migration() -> None:
     legacy = make_meta(9)
     key = make_key(1, key_id="JWT-Signer-A", last_update=ANCIENT)
     snapshot = RefreshSnapshot(
-        TD, OWN, (key,), (make_alias_target(ACME, legacy), make_alias_target("JWT-Signer-A", None))
+        TD,
+        OWN,
+        (key,),
+        (make_alias_target(ACME, legacy), make_alias_target("JWT-Signer-A", None)),
+        ALIVE,
     )
     first = plan_refresh(snapshot, NOW, RefreshPolicy())
     assert sorted(kinds(first)) == sorted(
@@ -463,6 +474,68 @@ def test_refresh_is_idempotent_after_migration() -> None:
     second = plan_refresh(after, NOW, RefreshPolicy())
     assert kinds(second) == [ActionKind.REFRESH_ALIAS]
     assert verdict_of(second, legacy.arn) is Verdict.SERVING
+
+
+# --- B.0 a keep-alive means alive ---------------------------------------------------------------
+
+
+def refresh_with(liveness: Liveness | None, *keys: ObservedKey, observed: bool = True) -> Plan:
+    snapshot = RefreshSnapshot(TD, OWN, tuple(keys), (), liveness, observed=observed)
+    return plan_refresh(snapshot, NOW, RefreshPolicy())
+
+
+@pytest.mark.parametrize(
+    "liveness",
+    [
+        None,
+        Liveness(False, "HTTP 503 from http://x/live", "http://x/live", ProbeFailure.HTTP_STATUS),
+    ],
+    ids=["not-probed", "not-alive"],
+)
+def test_nothing_is_written_for_a_spire_server_not_known_to_be_alive(
+    liveness: Liveness | None,
+) -> None:
+    key = make_key(1, key_id="x509-CA-A", last_update=lu(NOW - DAY))
+    alive = refresh_with(ALIVE, key)
+    assert kinds(alive) == [ActionKind.STAMP]
+    plan = refresh_with(liveness, key)
+    assert plan.actions == ()
+    assert plan.refusal is Refusal.SPIRE_NOT_ALIVE
+    assert plan.verdicts == alive.verdicts  # what it found is still reported
+    assert "would have made: stamp 1" in plan.refusal_detail
+    if liveness is not None:
+        assert liveness.detail in plan.refusal_detail
+    else:
+        assert "not probed" in plan.refusal_detail
+
+
+def test_a_refusal_before_any_read_says_so() -> None:
+    down = Liveness(False, "connection refused by http://x/live", "http://x/live")
+    plan = refresh_with(down, observed=False)
+    assert plan.refusal is Refusal.SPIRE_NOT_ALIVE
+    assert plan.failure is None  # not "no key found": nothing was looked for
+    assert "AWS was not even read" in plan.refusal_detail
+
+
+def test_finding_no_key_of_this_server_is_a_failure() -> None:
+    plan = refresh_with(ALIVE)
+    assert plan.refusal is None
+    assert plan.failure is not None
+    assert plan.failure.startswith("no key of this server found: no key tagged ")
+    assert f"spire-server-id={OWN}" in plan.failure
+    assert f"alias/SPIRE_SERVER/example_org/{OWN}/*" in plan.failure
+    off = plan_refresh(
+        RefreshSnapshot(TD, OWN, (), (), ALIVE),
+        NOW,
+        RefreshPolicy(migrate_legacy_aliases=False),
+    )
+    assert off.failure is not None and "migrate_legacy_aliases = false" in off.failure
+    # An alias whose key is gone is not a key found; one whose key is pending deletion is.
+    missing = RefreshSnapshot(TD, OWN, (), (make_alias_target("x509-CA-A", None),), ALIVE)
+    assert plan_refresh(missing, NOW, RefreshPolicy()).failure is not None
+    pending = make_meta(3, state="PendingDeletion")
+    found = RefreshSnapshot(TD, OWN, (), (make_alias_target("x509-CA-A", pending),), ALIVE)
+    assert plan_refresh(found, NOW, RefreshPolicy()).failure is None
 
 
 # --- B.2 reclaim: staleness ---------------------------------------------------------------------

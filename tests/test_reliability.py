@@ -33,6 +33,7 @@ from devtools import reliability, scenarios
 from devtools.emulator import REGION, Emulator
 from devtools.faultproxy import MUTATING, FaultProxy, key_id_of
 from devtools.scenarios import Harness, KeySpec, Outcome
+from devtools.spire_health import SpireHealth
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +51,8 @@ def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
 
 
 @pytest.fixture
-def h(proxy: FaultProxy, aws: Emulator, tmp_path: Path) -> Harness:
-    harness = Harness(aws, proxy, tmp_path)
+def h(proxy: FaultProxy, aws: Emulator, tmp_path: Path, spire_health: SpireHealth) -> Harness:
+    harness = Harness(aws, proxy, tmp_path, spire_health)
     harness.fresh()
     return harness
 
@@ -307,9 +308,9 @@ def test_after_hook_runs_once_the_change_is_made_before_the_answer(
 
 
 def test_kill_after_sigkills_the_process_before_it_hears_back(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path
+    aws: Emulator, proxy: FaultProxy, tmp_path: Path, spire_health: SpireHealth
 ) -> None:
-    h = Harness(aws, proxy, tmp_path)
+    h = Harness(aws, proxy, tmp_path, spire_health)
     h.fresh()
     world = scenarios.seed_fleet(h)
     box: dict[str, int] = {}

@@ -23,10 +23,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,28 +34,37 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import __version__, runtime, spire
 from daemon.aws.limits import CallStats
 from daemon.jobs import Context
 from daemon.metrics import Metrics
-from daemon.model import Job, Plan, Refusal, RunReport
+from daemon.model import Job, Liveness, Plan, Refusal, RunReport
 from daemon.runtime import Daemon, sd_notify
 from daemon.settings import load_settings
 from devtools.emulator import Emulator, free_port
 from devtools.faultproxy import FaultProxy
+from devtools.spire_health import SpireHealth
+from tests.daemons import (
+    DEADLINE,
+    OPENER,
+    SECRET,
+    DaemonProcess,
+    P,
+    Samples,
+    daemon_env,
+    healthz,
+    sample,
+    scrape,
+    total,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
 TD = "example.org"
 SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 PEER2 = "5e0c2f4a-1111-4222-8333-444455556666"
-P = "spire_kms_reconciler_"
-SECRET = "s3cr3t-n0t-t0-be-logged"
-DEADLINE = 20.0  # seconds any one condition may take to appear
 SUMMARY_EVENTS = ("refresh_finished", "reclaim_finished")
 SUMMARY_FIELDS = ("job", "outcome", "actions", "aws_calls", "duration_seconds", "run_id")
 
@@ -71,6 +79,7 @@ def write_config(
     refresh_interval: str = "2s",
     read_timeout: str = "5s",
     extra: str = "",
+    spire_url: str | None = None,
 ) -> Path:
     """Settings with second-scale schedules; the key identifier file holds SERVER."""
     keyid = tmp / "keyid"
@@ -80,7 +89,8 @@ def write_config(
         f'trust_domain = "{TD}"\n'
         'region = "us-east-1"\n'
         f'key_identifier_file = "{keyid}"\n'
-        f"{extra}"
+        + (f'spire_health_url = "{spire_url}"\n' if spire_url else "assume_spire_alive = true\n")
+        + f"{extra}"
         f'[refresh]\ninterval = "{refresh_interval}"\nalias_scan_interval = "2s"\njitter = 0\n'
         '[reclaim]\ninterval = "3s"\nstart_delay = "1s"\njitter = 0\n'
         f'[metrics]\nlisten_address = "127.0.0.1:{port}"\n'
@@ -89,187 +99,6 @@ def write_config(
         '[log]\nformat = "json"\nlevel = "info"\n'
     )
     return path
-
-
-def daemon_env(emulator: Emulator, tmp: Path, **extra: str) -> dict[str, str]:
-    """os.environ + the emulator's AWS settings; the subprocess gets nothing else AWS or systemd."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "SPIRE_KMS_RECONCILER_"))
-        and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    }
-    env.update(emulator.env())
-    env["AWS_SECRET_ACCESS_KEY"] = SECRET
-    env["AWS_CONFIG_FILE"] = str(tmp / "no-aws-config")
-    env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp / "no-aws-credentials")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an HTTP proxy
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with _OPENER.open(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
-    assert status == 200, text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((P + name, frozenset(labels.items())))
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of every sample of ``name`` whose labels include ``labels``."""
-    return sum(
-        v
-        for (n, lab), v in samples.items()
-        if n == P + name and all((k, x) in lab for k, x in labels.items())
-    )
-
-
-def healthz(port: int) -> tuple[int, dict[str, Any]]:
-    status, text = http_get(f"http://127.0.0.1:{port}/healthz")
-    return status, json.loads(text)
-
-
-class DaemonProcess:
-    """``python -m daemon <args>`` with stdout/stderr collected line by line in the background."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", *args],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._lock = threading.Lock()
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            with self._lock:
-                sink.append(line.rstrip("\n"))
-
-    def events(self) -> list[dict[str, Any]]:
-        """stdout's JSON events so far (lines that are not JSON objects are left out here)."""
-        with self._lock:
-            lines = list(self.out)
-        parsed = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                parsed.append(event)
-        return parsed
-
-    def tail(self) -> str:
-        with self._lock:
-            return "\n".join(["--- stdout", *self.out[-30:], "--- stderr", *self.err[-30:]])
-
-    def wait_for(
-        self,
-        event: str,
-        *,
-        since: int = 0,
-        where: Callable[[dict[str, Any]], bool] = lambda _: True,
-        timeout: float = DEADLINE,
-    ) -> dict[str, Any]:
-        """The first stdout event named ``event`` at index >= ``since`` that satisfies ``where``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for found in self.events()[since:]:
-                if found.get("event") == event and where(found):
-                    return found
-            if self.proc.poll() is not None:
-                self.finish(timeout=5)
-                pytest.fail(f"daemon exited ({self.proc.returncode}) before {event}\n{self.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {event} event within {timeout}s\n{self.tail()}")
-            time.sleep(0.05)
-
-    def poll_until(self, what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-        """Call ``check`` until it returns something truthy; fail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            try:
-                last = check()
-            except OSError as exc:  # not listening yet
-                last = exc
-            else:
-                if last:
-                    return last
-            if self.proc.poll() is not None:
-                self.finish(timeout=5)
-                pytest.fail(f"daemon exited before {what} (last: {last!r})\n{self.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what}: not within {timeout}s (last: {last!r})\n{self.tail()}")
-            time.sleep(0.1)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def finish(self, timeout: float) -> int:
-        """Wait for the exit (failing the test after ``timeout``) and for the output to drain."""
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"daemon still running {timeout}s later\n{self.tail()}")
-        for pump in self._pumps:
-            pump.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for pump in self._pumps:
-            pump.join(timeout=5)
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., DaemonProcess]]:
-    """Start daemon processes; any still running at teardown is killed (by its own pid)."""
-    started: list[DaemonProcess] = []
-
-    def start(*args: str, env: dict[str, str]) -> DaemonProcess:
-        process = DaemonProcess(list(args), env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
 
 
 class NotifySocket:
@@ -314,7 +143,7 @@ class NotifySocket:
 
 
 def test_run_serves_metrics_logs_notifies_and_stops(
-    aws: Emulator, spawn: Callable[..., DaemonProcess], tmp_path: Path
+    aws: Emulator, spawn: Callable[..., DaemonProcess], tmp_path: Path, spire_health: SpireHealth
 ) -> None:
     now = datetime.now(UTC)
     legacy = aws.spire_key(
@@ -349,7 +178,7 @@ def test_run_serves_metrics_logs_notifies_and_stops(
         created_at=now - timedelta(days=90),
     )
     port = free_port()
-    config = write_config(tmp_path, port)
+    config = write_config(tmp_path, port, spire_url=spire_health.url)
     notify = NotifySocket(tmp_path)
     try:
         env = daemon_env(aws, tmp_path, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="1000000")
@@ -358,22 +187,27 @@ def test_run_serves_metrics_logs_notifies_and_stops(
         # (1) /metrics, scraped twice: refresh successes grow, last success moves forward.
         def refreshed(at_least: float) -> Samples | None:
             samples = scrape(port)
-            ok = sample(samples, "runs_total", job="refresh", outcome="success") or 0.0
+            ok = sample(samples, "runs_total", task="refresh", outcome="success") or 0.0
             return samples if ok >= at_least else None
 
         first = daemon.poll_until("a first successful refresh", lambda: refreshed(1))
-        n1 = sample(first, "runs_total", job="refresh", outcome="success")
-        t1 = sample(first, "last_success_timestamp_seconds", job="refresh")
+        n1 = sample(first, "runs_total", task="refresh", outcome="success")
+        t1 = sample(first, "last_success_timestamp_seconds", task="refresh")
         assert n1 is not None and n1 >= 1
         assert t1 is not None and abs(t1 - time.time()) < 60
         summaries_seen = [e for e in daemon.events() if e.get("event") in SUMMARY_EVENTS]
         second = daemon.poll_until("a second successful refresh", lambda: refreshed(n1 + 1))
-        n2 = sample(second, "runs_total", job="refresh", outcome="success")
-        t2 = sample(second, "last_success_timestamp_seconds", job="refresh")
+        n2 = sample(second, "runs_total", task="refresh", outcome="success")
+        t2 = sample(second, "last_success_timestamp_seconds", task="refresh")
         assert n2 is not None and n2 > n1
         assert t2 is not None and t2 > t1
         assert sample(second, "build_info", version=__version__) == 1.0
-        assert sample(second, "run_duration_seconds_count", job="refresh") == n2
+        assert sample(second, "run_duration_seconds_count", task="refresh") == n2
+        assert sample(second, "spire_up") == 1.0  # it asked the SPIRE server, which answered
+        assert spire_health.requests >= 2
+        assert sample(second, "interval_seconds", task="refresh") == 2.0
+        assert sample(second, "interval_seconds", task="reclaim") == 3.0
+        assert (sample(second, "keys", state="serving") or 0) >= 1
         # AWS calls are counted: at least those of the runs summarised before this scrape.
         counted = total(second, "aws_requests_total")
         assert counted >= sum(e["aws_calls_total"] for e in summaries_seen) > 0
@@ -464,6 +298,56 @@ def test_run_serves_metrics_logs_notifies_and_stops(
     assert abs(int(tags[spire.TAG_LAST_UPDATE]) - time.time()) < 120
 
 
+def test_healthz_and_spire_up_follow_the_spire_server(
+    aws: Emulator, spawn: Callable[..., DaemonProcess], tmp_path: Path, spire_health: SpireHealth
+) -> None:
+    own = aws.spire_key(
+        trust_domain=TD,
+        server_id=SERVER,
+        key_id="x509-CA-A",
+        last_update=int((datetime.now(UTC) - timedelta(hours=1)).timestamp()),
+    )
+    port = free_port()
+    config = write_config(
+        tmp_path, port, spire_url=spire_health.url, extra='spire_health_timeout = "1s"\n'
+    )
+    daemon = spawn("run", "--config", str(config), env=daemon_env(aws, tmp_path))
+    try:
+        daemon.poll_until("healthy", lambda: healthz(port)[0] == 200)
+        assert sample(scrape(port), "spire_up") == 1.0
+
+        spire_health.set("dead")
+        _, body = daemon.poll_until(
+            "503 while SPIRE is not alive",
+            lambda: (answer := healthz(port))[0] == 503 and answer,
+        )
+        assert "refused: the SPIRE server is not alive (HTTP 500" in body["reason"], body
+        samples = scrape(port)
+        assert sample(samples, "spire_up") == 0.0
+        refused = sample(samples, "runs_total", task="refresh", outcome="refused") or 0.0
+        assert refused >= 1
+        stamp = aws.tags(own)[spire.TAG_LAST_UPDATE]
+        daemon.poll_until(
+            "another refused refresh",
+            lambda: (
+                (sample(scrape(port), "runs_total", task="refresh", outcome="refused") or 0)
+                > refused
+            ),
+        )
+        assert aws.tags(own)[spire.TAG_LAST_UPDATE] == stamp  # nothing written meanwhile
+        assert total(scrape(port), "reclaim_refused_total") == 0  # refresh is not reclaim
+
+        spire_health.set("alive")
+        daemon.poll_until("healthy again", lambda: healthz(port)[0] == 200)
+        daemon.poll_until("stamped again", lambda: aws.tags(own)[spire.TAG_LAST_UPDATE] != stamp)
+        assert sample(scrape(port), "spire_up") == 1.0
+    finally:
+        daemon.signal(signal.SIGTERM)
+        daemon.finish(timeout=DEADLINE)
+    events = [e for e in daemon.events() if e.get("event") == "spire_not_alive"]
+    assert events and all(e["failure"] == "http_status" and e["status"] == 500 for e in events)
+
+
 # --- /healthz and permission_denied through the fault proxy --------------------------------------
 
 
@@ -490,13 +374,13 @@ def test_healthz_turns_503_when_get_resources_is_denied(
 
         body = daemon.poll_until("healthz 200", lambda: health_is(200))
         assert body["status"] == "ok"
-        with _OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        with OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.headers.get_content_type() == "application/json"
         assert body["last_refresh_outcome"] == "success"
         assert body["last_refresh_success"]
         assert proxy.count("GetResources") >= 1, "the daemon did not go through the proxy"
         samples = scrape(port)
-        assert sample(samples, "permission_denied", job="refresh") == 0.0
+        assert sample(samples, "permission_denied", task="refresh") == 0.0
 
         proxy.deny("GetResources")
         body = daemon.poll_until("healthz 503", lambda: health_is(503))
@@ -507,11 +391,11 @@ def test_healthz_turns_503_when_get_resources_is_denied(
         samples = daemon.poll_until(
             "permission_denied 1",
             lambda: (
-                (s := scrape(port)) and sample(s, "permission_denied", job="refresh") == 1.0 and s
+                (s := scrape(port)) and sample(s, "permission_denied", task="refresh") == 1.0 and s
             ),
         )
         assert total(samples, "aws_requests_total", operation="GetResources", outcome="denied") >= 1
-        assert sample(samples, "runs_total", job="refresh", outcome="failure") >= 1
+        assert sample(samples, "runs_total", task="refresh", outcome="failure") >= 1
         denied = daemon.wait_for("refresh_finished", where=lambda e: e["outcome"] == "failure")
         assert "tag:GetResources" in denied["error"]
 
@@ -521,7 +405,7 @@ def test_healthz_turns_503_when_get_resources_is_denied(
         assert body["status"] == "ok"
         daemon.poll_until(
             "permission_denied 0",
-            lambda: sample(scrape(port), "permission_denied", job="refresh") == 0.0,
+            lambda: sample(scrape(port), "permission_denied", task="refresh") == 0.0,
         )
         daemon.signal(signal.SIGTERM)
         assert daemon.finish(timeout=DEADLINE) == 0, daemon.tail()
@@ -598,7 +482,8 @@ def test_sighup_log_level_change_is_applied_or_reported(
     daemon.poll_until(
         "a refresh after the reload",
         lambda: (
-            (sample(scrape(port), "last_success_timestamp_seconds", job="refresh") or 0) > hup + 0.5
+            (sample(scrape(port), "last_success_timestamp_seconds", task="refresh") or 0)
+            > hup + 0.5
         ),
     )
     daemon.signal(signal.SIGTERM)
@@ -878,6 +763,35 @@ async def test_no_retry_for_permission_denied_refusal_or_success(
     assert harness.daemon.health[Job.REFRESH].failures_in_a_row == 0
 
 
+async def test_a_spire_server_that_is_not_alive_is_asked_again_soon(
+    harness: Harness, scheduler: AsyncIOScheduler
+) -> None:
+    """A refused refresh for a dead SPIRE server is retried with backoff (one HTTP GET each)."""
+    down = make_report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE)
+    down = replace(
+        down,
+        plan=replace(down.plan, refusal_detail="the SPIRE server is not alive (HTTP 503)"),
+        spire=Liveness(False, "HTTP 503", "http://localhost/live"),
+    )
+    await harness.run(Job.REFRESH, down)
+    retry = scheduler.get_job("refresh-retry")
+    assert retry is not None
+    assert retry.trigger.run_date == harness.clock.now + runtime.RETRY_BASE
+    status, body = harness.daemon.healthz()
+    assert status == 503
+    assert "refused: the SPIRE server is not alive (HTTP 503)" in body["reason"]
+    assert harness.registry.get_sample_value(P + "spire_up") == 0.0
+    await harness.run(Job.REFRESH, down)
+    assert scheduler.get_job("refresh-retry").trigger.run_date == (  # type: ignore[union-attr]
+        harness.clock.now + 2 * runtime.RETRY_BASE
+    )
+    up = replace(make_report(Job.REFRESH), spire=Liveness(True, "HTTP 200", "http://x/live"))
+    await harness.run(Job.REFRESH, up)
+    assert harness.daemon.health[Job.REFRESH].failures_in_a_row == 0
+    assert harness.daemon.healthz()[0] == 200
+    assert harness.registry.get_sample_value(P + "spire_up") == 1.0
+
+
 async def test_crashed_run_is_recorded_and_retried(
     harness: Harness, scheduler: AsyncIOScheduler
 ) -> None:
@@ -891,7 +805,7 @@ async def test_crashed_run_is_recorded_and_retried(
     assert "kaboom" in body["reason"]
     assert scheduler.get_job("refresh-retry") is not None
     value = harness.registry.get_sample_value(
-        P + "runs_total", {"job": "refresh", "outcome": "failure"}
+        P + "runs_total", {"task": "refresh", "outcome": "failure"}
     )
     assert value == 1.0
 
@@ -992,7 +906,10 @@ def test_metrics_address_in_use_is_a_configuration_error(
         config = write_config(tmp_path, port)
         done = subprocess.run(
             [sys.executable, "-m", "daemon", "run", "--config", str(config)],
-            env=daemon_env(emulator, tmp_path), capture_output=True, text=True, timeout=60,
+            env=daemon_env(emulator, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
             check=False,
         )
     assert done.returncode == 2

@@ -334,11 +334,27 @@ def test_longest_key_identifier_value_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    "trust_domain", ["Example.org", "spiffe://example.org", "", "exa mple.org"]
+    "trust_domain",
+    [
+        "Example.org",
+        "spiffe://Example.org",
+        "",
+        "exa mple.org",
+        "spiffe://example.org/",
+        "http://x",
+    ],
 )
 def test_bad_trust_domain(trust_domain: str) -> None:
     env = {**MINIMAL_ENV, f"{P}TRUST_DOMAIN": trust_domain}
     assert one_problem(None, env).startswith("trust_domain: ")
+
+
+@pytest.mark.parametrize(
+    "trust_domain", ["example.org", "spiffe://example.org", "spiffe://example.org/spire/server"]
+)
+def test_trust_domain_in_spiffe_id_form_is_read_as_go_spiffe_reads_it(trust_domain: str) -> None:
+    env = {**MINIMAL_ENV, f"{P}TRUST_DOMAIN": trust_domain}
+    assert load_settings(None, env=env).trust_domain == "example.org"
 
 
 def test_missing_trust_domain() -> None:
@@ -595,15 +611,47 @@ def test_settings_error_joins_problems() -> None:
 # --- the example configuration ------------------------------------------------------------------
 
 
-def test_example_config_loads() -> None:
-    settings = load_settings(EXAMPLE_CONFIG, env={}, required_file=True)
+_SPIRE_CONF = """\
+server {
+  trust_domain = "example.org"
+  data_dir = "/opt/spire/data/server"
+}
+plugins {
+  KeyManager "aws_kms" {
+    plugin_data {
+      region = "us-east-1"
+      key_identifier_file = "/opt/spire/data/server/keyid"
+    }
+  }
+}
+health_checks {
+  listener_enabled = true
+  bind_address = "0.0.0.0"
+  bind_port = "8080"
+}
+"""
+
+
+def test_example_config_loads_and_defers_to_spire(tmp_path: Path) -> None:
+    # The example reads SPIRE's server.conf; point it at one in tmp_path.
+    conf = tmp_path / "server.conf"
+    conf.write_text(_SPIRE_CONF)
+    env = {"SPIRE_KMS_RECONCILER_SPIRE_SERVER_CONFIG": str(conf)}
+    settings = load_settings(EXAMPLE_CONFIG, env=env, required_file=True)
     assert settings.trust_domain == "example.org"
     assert settings.region == "us-east-1"
     assert settings.key_identifier_file == Path("/opt/spire/data/server/keyid")
     assert settings.key_identifier_value is None
+    assert settings.spire_health_url == "http://127.0.0.1:8080/live"
+    assert settings.assume_spire_alive is False
     defaults = load_settings(None, env={**MINIMAL_ENV})
     for section in ("refresh", "reclaim", "metrics", "log", "aws"):
         assert getattr(settings, section) == getattr(defaults, section), section
+    # Nothing in the example overrides a value SPIRE's server.conf gives.
+    data = tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    shared = {"trust_domain", "region", "key_identifier_file", "key_identifier_value"}
+    assert not shared & set(data), shared & set(data)
+    assert "spire_health_url" not in data
 
 
 def test_example_config_documents_every_setting() -> None:

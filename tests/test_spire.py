@@ -227,6 +227,41 @@ def test_invalid_trust_domains(td: str) -> None:
         spire.validate_trust_domain(td)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("example.org", "example.org"),
+        ("spiffe://example.org", "example.org"),
+        ("spiffe://example.org/spire/server", "example.org"),
+        ("spiffe://a_b-c.d/x.y_z-1", "a_b-c.d"),
+    ],
+)
+def test_trust_domain_from_string_as_go_spiffe(value: str, expected: str) -> None:
+    """go-spiffe's TrustDomainFromString: a name, or the trust domain of a SPIFFE ID."""
+    assert spire.parse_trust_domain(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "spiffe://",
+        "spiffe:/example.org",
+        "SPIFFE://example.org",
+        "https://example.org",
+        "spiffe://Example.org",
+        "spiffe://example.org/",
+        "spiffe://example.org//x",
+        "spiffe://example.org/./x",
+        "spiffe://example.org/..",
+        "spiffe://example.org/a b",
+        "spiffe://example.org:443",
+    ],
+)
+def test_trust_domain_from_string_rejects_what_go_spiffe_rejects(value: str) -> None:
+    with pytest.raises(ContractError):
+        spire.parse_trust_domain(value)
+
+
 # --- A.3 / A.4 spire-last-update ----------------------------------------------------------------
 
 

@@ -451,40 +451,88 @@ def test_settings_file_names_spire_server_conf(tmp_path: Path) -> None:
     assert settings.reclaim.enabled is False
 
 
-def test_explicit_settings_win(tmp_path: Path) -> None:
+def test_explicit_settings_that_agree_with_spire_are_fine(tmp_path: Path) -> None:
+    conf = write(tmp_path, SERVER_CONF)
+    toml = write(
+        tmp_path,
+        f'spire_server_config = "{conf}"\ntrust_domain = "spiffe://example.org"\n',
+        "c.toml",
+    )
+    settings = load_settings(toml, env={f"{P}REGION": "us-east-1"})
+    assert settings.trust_domain == "example.org"
+    assert settings.region == "us-east-1"
+    assert settings.key_identifier_file == Path("/opt/spire/data/server/keyid")
+
+
+def test_explicit_settings_that_disagree_with_spire_are_an_error(tmp_path: Path) -> None:
+    """A silent override would keep another trust domain's or region's keys alive."""
     conf = write(tmp_path, SERVER_CONF)
     toml = write(
         tmp_path,
         f'spire_server_config = "{conf}"\ntrust_domain = "other.example.org"\n',
         "c.toml",
     )
-    settings = load_settings(toml, env={f"{P}REGION": "eu-central-1"})
-    assert settings.trust_domain == "other.example.org"  # the file beats SPIRE's
-    assert settings.region == "eu-central-1"  # the environment beats SPIRE's
-    assert settings.key_identifier_file == Path("/opt/spire/data/server/keyid")
+    with pytest.raises(SettingsError) as info:
+        load_settings(toml, env={f"{P}REGION": "eu-central-1"})
+    problems = info.value.problems
+    td_line, region_line = line_of(SERVER_CONF, "trust_domain ="), line_of(SERVER_CONF, "region =")
+    assert problems == [
+        f"trust_domain: 'other.example.org' disagrees with 'example.org' in spire_server_config "
+        f"{conf} line {td_line}; the daemon must act on what SPIRE uses: remove trust_domain "
+        "from the daemon's settings (SPIRE's is used), or fix one of the two",
+        f"region: 'eu-central-1' disagrees with 'us-east-1' in spire_server_config {conf} line "
+        f"{region_line}; the daemon must act on what SPIRE uses: remove region from the "
+        "daemon's settings (SPIRE's is used), or fix one of the two",
+    ]
 
 
-def test_key_identifier_settings_count_as_one(tmp_path: Path) -> None:
-    # SPIRE's file gives key_identifier_file; an explicit value replaces it instead of
-    # colliding with it.
-    conf = write(tmp_path, SERVER_CONF)
-    settings = load_settings(
-        None,
-        env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_VALUE": "spire-1"},
-    )
-    assert settings.key_identifier_value == "spire-1"
-    assert settings.key_identifier_file is None
+def test_a_key_identifier_value_that_is_not_spires_is_an_error(tmp_path: Path) -> None:
+    conf = write(tmp_path, SERVER_CONF)  # SPIRE uses key_identifier_file
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            None,
+            env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_VALUE": "spire-1"},
+        )
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        "key_identifier_value: 'spire-1' names another server than SPIRE's key_identifier_file "
+        "'/opt/spire/data/server/keyid'"
+    ), problem
 
 
-def test_systemd_unit_style_override_of_the_identifier_file(tmp_path: Path) -> None:
-    conf = write(tmp_path, SERVER_CONF)
+def test_key_identifier_values_must_match(tmp_path: Path) -> None:
+    conf = write(tmp_path, aws_kms('region = "us-east-1"\nkey_identifier_value = "spire-1"\n'))
+    env = {f"{P}SPIRE_SERVER_CONFIG": str(conf)}
+    same = load_settings(None, env={**env, f"{P}KEY_IDENTIFIER_VALUE": "spire-1"})
+    assert same.key_identifier_value == "spire-1"
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env={**env, f"{P}KEY_IDENTIFIER_VALUE": "spire-2"})
+    assert info.value.problems[0].startswith("key_identifier_value: 'spire-2' names another")
+
+
+def test_systemd_unit_style_copy_of_the_identifier_file(tmp_path: Path) -> None:
+    """The unit hands the daemon a copy of SPIRE's 0600 file: another path, the same server."""
+    server_id = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
+    spire_file = tmp_path / "spire" / "keyid"
+    spire_file.parent.mkdir()
+    spire_file.write_text(server_id)
+    conf = write(tmp_path, aws_kms(f'region = "us-east-1"\nkey_identifier_file = "{spire_file}"\n'))
     credential = tmp_path / "credentials" / "spire-server-id"
-    settings = load_settings(
-        None,
-        env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_FILE": str(credential)},
-    )
+    credential.parent.mkdir()
+    credential.write_text(server_id)
+    env = {f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_FILE": str(credential)}
+    settings = load_settings(None, env=env)
     assert settings.key_identifier_file == credential
     assert settings.trust_domain == "example.org"
+    # A copy that names another server is caught while SPIRE's file can be read...
+    credential.write_text("d3f5c6a1-7b8e-4c2d-9f0a-123456789abc")
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env=env)
+    assert info.value.problems[0].startswith("key_identifier_file: ")
+    assert "names another server than SPIRE's key_identifier_file" in info.value.problems[0]
+    # ...and trusted when it cannot be (SPIRE's own 0600 file, seen from the sandbox).
+    spire_file.unlink()
+    assert load_settings(None, env=env).key_identifier_file == credential
 
 
 def test_empty_environment_value_turns_spire_server_conf_off(tmp_path: Path) -> None:
@@ -520,10 +568,112 @@ def test_bad_values_from_spire_say_where_they_came_from(tmp_path: Path) -> None:
 
 def test_relative_identifier_file_is_fine_when_overridden(tmp_path: Path) -> None:
     conf = write(tmp_path, aws_kms('region = "us-east-1"\nkey_identifier_file = "./keyid"\n'))
+    absolute = tmp_path / "keyid"
     settings = load_settings(
-        None, env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_VALUE": "s1"}
+        None, env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}KEY_IDENTIFIER_FILE": str(absolute)}
     )
-    assert settings.key_identifier_value == "s1"
+    assert settings.key_identifier_file == absolute
+
+
+# --- the SPIRE health listener -----------------------------------------------------------------
+
+
+def health(block: str) -> str:
+    return aws_kms('region = "us-east-1"\nkey_identifier_value = "s1"\n') + block
+
+
+@pytest.mark.parametrize(
+    ("block", "url"),
+    [
+        ("health_checks {\n  listener_enabled = true\n}\n", "http://localhost:80/live"),
+        (
+            'health_checks {\n  listener_enabled = true\n  bind_address = "0.0.0.0"\n'
+            '  bind_port = "8080"\n  live_path = "/alive"\n}\n',
+            "http://127.0.0.1:8080/alive",
+        ),
+        (
+            "health_checks {\n  listener_enabled = true\n  bind_port = 9090\n}\n",
+            "http://localhost:9090/live",
+        ),
+        (
+            'health_checks {\n  listener_enabled = true\n  bind_address = "::"\n}\n',
+            "http://[::1]:80/live",
+        ),
+        (
+            'health_checks {\n  listener_enabled = true\n  bind_address = "[fd00::5]"\n'
+            '  bind_port = "8080"\n}\n',
+            "http://[fd00::5]:8080/live",
+        ),
+        (
+            'health_checks {\n  listener_enabled = true\n  bind_address = "10.0.0.7"\n}\n',
+            "http://10.0.0.7:80/live",
+        ),
+    ],
+    ids=["defaults", "wildcard-and-paths", "numeric-port", "ipv6-wildcard", "ipv6", "address"],
+)
+def test_health_url_is_derived_from_health_checks(tmp_path: Path, block: str, url: str) -> None:
+    conf = write(tmp_path, health(block))
+    settings = load_settings(None, env={f"{P}SPIRE_SERVER_CONFIG": str(conf)})
+    assert settings.spire_health_url == url
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["", "health_checks {\n  listener_enabled = false\n}\n", "health_checks {}\n"],
+    ids=["no-block", "disabled", "empty"],
+)
+def test_no_health_url_without_an_enabled_listener(tmp_path: Path, block: str) -> None:
+    conf = write(tmp_path, health(block))
+    settings = load_settings(None, env={f"{P}SPIRE_SERVER_CONFIG": str(conf)})
+    assert settings.spire_health_url is None
+
+
+def test_an_explicit_health_url_wins_over_the_derived_one(tmp_path: Path) -> None:
+    conf = write(tmp_path, health("health_checks {\n  listener_enabled = true\n}\n"))
+    settings = load_settings(
+        None,
+        env={
+            f"{P}SPIRE_SERVER_CONFIG": str(conf),
+            f"{P}SPIRE_HEALTH_URL": "http://spire-server:8080/live",
+        },
+    )
+    assert settings.spire_health_url == "http://spire-server:8080/live"
+
+
+def test_assume_spire_alive_with_a_derived_health_url_is_an_error(tmp_path: Path) -> None:
+    conf = write(tmp_path, health("health_checks {\n  listener_enabled = true\n}\n"))
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            None,
+            env={f"{P}SPIRE_SERVER_CONFIG": str(conf), f"{P}ASSUME_SPIRE_ALIVE": "true"},
+        )
+    (problem,) = info.value.problems
+    assert problem.startswith("assume_spire_alive: cannot be true while a spire_health_url is set")
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            'health_checks {\n  listener_enabled = true\n  bind_port = "http"\n}\n',
+            "health_checks.bind_port 'http' is not a port number",
+        ),
+        (
+            'health_checks {\n  listener_enabled = true\n  live_path = "live"\n}\n',
+            "health_checks.live_path 'live' must start with /",
+        ),
+        (
+            'health_checks {\n  listener_enabled = "yes"\n}\n',
+            "health_checks.listener_enabled must be true or false",
+        ),
+    ],
+    ids=["port", "path", "flag"],
+)
+def test_bad_health_checks_are_reported(tmp_path: Path, block: str, message: str) -> None:
+    conf = write(tmp_path, health(block))
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env={f"{P}SPIRE_SERVER_CONFIG": str(conf)})
+    assert message in info.value.problems[0]
 
 
 def test_parse_error_in_spire_server_conf_is_a_settings_error(tmp_path: Path) -> None:

@@ -86,7 +86,10 @@ class AwsApi:
             op: tagging if op in KEY_TAGGING else RateLimiter(mutating_calls_per_second)
             for op in sorted(MUTATING_OPERATIONS)
         }
-        self.region: str | None = getattr(getattr(kms, "meta", None), "region_name", None)
+        meta = getattr(kms, "meta", None)
+        self.region: str | None = getattr(meta, "region_name", None)
+        #: Where KMS calls go (AWS_ENDPOINT_URL, an explicit endpoint, or the region's default).
+        self.endpoint_url: str | None = getattr(meta, "endpoint_url", None)
         self.stopping = False  # set on shutdown: calls in flight finish, no new write starts
 
     async def _call(
