@@ -50,9 +50,10 @@ _METRICS_HEADER = """\
 
 Served at `/metrics` on `[metrics] listen_address` (with `/healthz`) while `run` runs. Every
 label value is listed; every combination is exported from the start (zero until it happens), so
-`rate()` and `increase()` work from the first scrape. No label carries a key ARN. The `job` label
-is the daemon's job (`refresh` or `reclaim`): scrape with `honor_labels: true` so Prometheus
-keeps it (see `deploy/prometheus/scrape.yml`).
+`rate()` and `increase()` work from the first scrape (`interval_seconds` exists only for enabled
+tasks). No label carries a key ARN. The `task` label is the daemon's task (`refresh` or
+`reclaim`); Prometheus adds its own `job` (the scrape job, `spire-kms-reconciler` in
+`deploy/prometheus/scrape.yml`) and `instance`.
 
 The same listener serves `/healthz`: `200` while the last refresh succeeded within two refresh
 intervals, `503` otherwise (also before the first refresh has finished), with a short JSON body

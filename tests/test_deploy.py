@@ -744,6 +744,7 @@ async def recorded(aws: Emulator) -> Recorded:
         env={
             "SPIRE_KMS_RECONCILER_TRUST_DOMAIN": TD,
             "SPIRE_KMS_RECONCILER_KEY_IDENTIFIER_VALUE": SERVER,
+            "SPIRE_KMS_RECONCILER_ASSUME_SPIRE_ALIVE": "true",
             "SPIRE_KMS_RECONCILER_RECLAIM__MAX_RECLAIM_FRACTION": "1",
         },
     )
@@ -979,7 +980,9 @@ def test_key_policy_delegates_only_key_actions_the_daemon_needs() -> None:
 def _sample_names() -> set[str]:
     """Every series name the daemon exports (``_total``, ``_bucket``... included)."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    metrics = Metrics()
+    metrics.set_intervals({Job.REFRESH: 21600.0, Job.RECLAIM: 172800.0})  # as `run` exports them
+    for family in metrics.registry.collect():
         names |= {sample.name for sample in family.samples}
     return names
 
@@ -996,6 +999,10 @@ def test_alerts_reference_exported_metrics_and_have_runbooks() -> None:
     names = _sample_names()
     rules = _alert_rules()
     assert {r["alert"] for r in rules} >= {
+        "SpireKmsReconcilerTargetDown",
+        "SpireKmsReconcilerStoppedReporting",
+        "SpireKmsReconcilerSpireNotAlive",
+        "SpireKmsReconcilerNoServingKeys",
         "SpireKmsReconcilerRefreshNotSucceeding",
         "SpireKmsReconcilerReclaimFailing",
         "SpireKmsReconcilerPermissionDenied",
@@ -1006,7 +1013,7 @@ def test_alerts_reference_exported_metrics_and_have_runbooks() -> None:
     anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", operations, re.MULTILINE)}
     for rule in rules:
         used = _METRIC.findall(rule["expr"])
-        assert used, rule["alert"]
+        assert used or 'up{job="spire-kms-reconciler"}' in rule["expr"], rule["alert"]
         assert set(used) <= names, (rule["alert"], set(used) - names)
         assert rule["labels"]["severity"] in ("warning", "critical")
         runbook = rule["annotations"]["runbook"]
@@ -1014,17 +1021,22 @@ def test_alerts_reference_exported_metrics_and_have_runbooks() -> None:
         assert anchor in anchors, f"{rule['alert']}: docs/operations.md has no #{anchor}"
 
 
-def test_alert_expressions_from_the_issue() -> None:
+def test_alerts_are_per_instance_and_use_each_daemons_own_interval() -> None:
     exprs = {r["alert"]: " ".join(r["expr"].split()) for r in _alert_rules()}
-    assert exprs["SpireKmsReconcilerRefreshNotSucceeding"] == (
-        'time() - spire_kms_reconciler_last_success_timestamp_seconds{job="refresh"} > 2*6*3600'
-    )
+    assert exprs["SpireKmsReconcilerTargetDown"] == 'up{job="spire-kms-reconciler"} == 0'
+    refresh = exprs["SpireKmsReconcilerRefreshNotSucceeding"]
+    assert 'spire_kms_reconciler_interval_seconds{task="refresh"}' in refresh
+    assert "3600" not in refresh  # no hard-coded interval
     assert exprs["SpireKmsReconcilerPermissionDenied"] == (
         "spire_kms_reconciler_permission_denied == 1"
     )
     assert exprs["SpireKmsReconcilerReclaimRefused"] == (
         "increase(spire_kms_reconciler_reclaim_refused_total[1h]) > 0"
     )
+    for name, expr in exprs.items():
+        assert 'job="refresh"' not in expr and 'job="reclaim"' not in expr, name
+        if " on (" in expr:  # binary operations match per instance
+            assert "instance" in expr, name
     malformed = exprs["SpireKmsReconcilerMalformedKeyTags"]
     pattern = re.search(r'anomaly=~"([^"]+)"', malformed)
     assert pattern
@@ -1055,7 +1067,8 @@ def test_promtool_check_scrape_config() -> None:
     result = run(PROMTOOL, "check", "config", str(SCRAPE))
     assert result.returncode == 0, result.stdout + result.stderr
     (job,) = yaml.safe_load(SCRAPE.read_text(encoding="utf-8"))["scrape_configs"]
-    assert job["honor_labels"] is True
+    assert job["job_name"] == "spire-kms-reconciler"  # what the alerts select on
+    assert "honor_labels" not in job  # the daemon's task label needs no special treatment
 
 
 def _panel_exprs(panels: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -1074,7 +1087,7 @@ def test_dashboard_queries_exported_metrics() -> None:
     used: set[str] = set()
     for title, expr in exprs:
         metrics = set(_METRIC.findall(expr))
-        assert metrics, f"{title}: {expr}"
+        assert metrics or 'up{job="spire-kms-reconciler"' in expr, f"{title}: {expr}"
         assert metrics <= names, (title, metrics - names)
         used |= metrics
     for variable in dashboard["templating"]["list"]:
@@ -1087,8 +1100,12 @@ def test_dashboard_queries_exported_metrics() -> None:
         "spire_kms_reconciler_keys",
         "spire_kms_reconciler_aws_requests_total",
         "spire_kms_reconciler_last_success_timestamp_seconds",
+        "spire_kms_reconciler_interval_seconds",
+        "spire_kms_reconciler_spire_up",
     ):
         assert needed in used, needed
+    for _, expr in exprs:  # the daemon's label is task; Prometheus's job is the scrape job
+        assert "by (job" not in expr and "{{job}}" not in expr, expr
     assert any('outcome="throttled"' in expr for _, expr in exprs)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
