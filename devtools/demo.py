@@ -9,8 +9,10 @@ The emulator is a moto server in this process. The demo trust domain ``demo.exam
 * decoys: another trust domain's stale key, a stale key with a malformed timestamp, a protected
   stale key, and a few hundred unrelated keys and aliases of other teams.
 
-It runs ``once`` (refresh, then reclaim), then ``once`` again to show that nothing is left to do,
-then ``keys``.
+A stand-in for this server's SPIRE health listener answers alive. The demo runs ``once``
+(refresh, then reclaim), then ``once`` again to show that nothing is left to migrate or reclaim,
+lists the keys, then stops the SPIRE stand-in and shows the next refresh refusing to write
+anything for a SPIRE server that is not alive.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from daemon.cli import main
 from devtools.emulator import Emulator
+from devtools.spire_health import SpireHealth
 
 TRUST_DOMAIN = "demo.example.org"
 LIVE_PEER = "11111111-2222-4333-8444-555555555555"
@@ -121,7 +124,11 @@ def run() -> int:
     """Start the emulator, seed it, run the jobs and print what they did."""
     now = datetime.now(UTC)
     server_id = str(uuid.uuid4())
-    with Emulator() as emu, tempfile.TemporaryDirectory(prefix="spire-kms-demo-") as tmp:
+    with (
+        Emulator() as emu,
+        SpireHealth() as spire,
+        tempfile.TemporaryDirectory(prefix="spire-kms-demo-") as tmp,
+    ):
         os.environ.update(emu.env())
         keyid = Path(tmp) / "keyid"
         keyid.write_text(server_id)
@@ -130,6 +137,7 @@ def run() -> int:
             f'trust_domain = "{TRUST_DOMAIN}"\n'
             'region = "us-east-1"\n'
             f'key_identifier_file = "{keyid}"\n'
+            f'spire_health_url = "{spire.url}"\n'
             '[log]\nformat = "json"\nlevel = "warning"\n'
         )
         seed(emu, server_id, now)
@@ -137,6 +145,7 @@ def run() -> int:
             f"emulator: {emu.endpoint_url}   trust domain: {TRUST_DOMAIN}   "
             f"this server: {server_id}"
         )
+        print(f"SPIRE server (stand-in health listener): {spire.url}")
         print(f"settings: {config} (log events go to stderr; level warning for this demo)")
 
         banner("keys before")
@@ -145,11 +154,15 @@ def run() -> int:
         main(["once", "--dry-run", "--config", str(config)])
         banner("once (refresh, then reclaim)")
         code = main(["once", "--config", str(config)])
-        banner("once again (idempotent: no migration, no reclaim)")
+        banner("once again (nothing left to migrate or reclaim; serving keys are stamped again)")
         main(["once", "--config", str(config)])
         banner("keys after")
         main(["keys", "--config", str(config)])
-        return code
+        banner("the SPIRE server stops: the next refresh writes nothing for it (exit code 4)")
+        spire.set("closed")
+        refused = main(["once", "--job", "refresh", "--config", str(config)])
+        print(f"exit code {refused}")
+        return code if refused == 4 else 1
 
 
 if __name__ == "__main__":
