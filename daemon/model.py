@@ -56,6 +56,8 @@ class Verdict(StrEnum):
     FUTURE = "future"  # spire-last-update beyond now + clock-skew tolerance
     INACTIVE = "inactive"  # tagged spire-active=false but not stale: left alone
     UNKNOWN = "unknown"  # not enough was observed to judge: kept
+    NOT_SPIRE = "not_spire"  # tagged like SPIRE's but not shaped like a SPIRE key: kept
+    RESTORED = "restored"  # spire-active=false, Enabled, the daemon's mark is old: restored
 
 
 class Anomaly(StrEnum):
@@ -72,12 +74,18 @@ class Anomaly(StrEnum):
     ALIAS_WITHOUT_DATE = "alias_without_date"
     NOT_DESCRIBED = "not_described"
     INACTIVE_NOT_STALE = "inactive_not_stale"
+    NOT_SPIRE_KEY = "not_spire_key"  # SPIRE's tags on a key SPIRE could not have made
+    RESTORED_KEY = "restored_key"  # reclaimed, then restored by an operator: left alone
+    INACTIVE_UNMARKED = "inactive_unmarked"  # spire-active=false not written by the daemon
+    TAGS_CHANGED = "tags_changed"  # KMS's tags differ from the tagging index's: kept this run
+    ALIAS_POINTS_ELSEWHERE = "alias_points_elsewhere"  # this server's alias, another's key
 
 
 class Refusal(StrEnum):
     """Why a safety guard refused a run's writes."""
 
-    BLAST_RADIUS = "blast_radius"
+    BLAST_RADIUS = "blast_radius"  # too large a share of the trust domain's servers at once
+    BUDGET = "budget"  # max_reclaims within one reclaim.interval, fleet-wide: keys held back
     CLOCK_SKEW = "clock_skew"
     SPIRE_NOT_ALIVE = "spire_not_alive"  # refresh: the local SPIRE server did not answer alive
 
@@ -109,13 +117,18 @@ class Liveness:
 
 @dataclass(frozen=True, slots=True)
 class KeyMeta:
-    """A key as DescribeKey shows it."""
+    """A key as DescribeKey shows it. A field DescribeKey did not give is None (unknown)."""
 
     arn: str
     key_id: str
     state: str
     creation_date: datetime | None = None
     description: str = ""
+    key_manager: str | None = None  # CUSTOMER or AWS
+    key_usage: str | None = None  # SIGN_VERIFY for SPIRE's keys
+    key_spec: str | None = None  # RSA_2048, RSA_4096, ECC_NIST_P256, ECC_NIST_P384 for SPIRE's
+    multi_region: bool | None = None
+    deletion_date: datetime | None = None  # while PendingDeletion
 
     @property
     def enabled(self) -> bool:
@@ -174,7 +187,10 @@ class ReclaimSnapshot:
     server_id: str
     keys: tuple[ObservedKey, ...]  # every key tagged with this trust domain
     own_aliases: tuple[AliasTarget, ...] = ()  # this server's aliases for its stale-looking keys
-    aws_time: datetime | None = None  # the Date header of AWS's latest response
+    #: AWS's clock now: the Date of this run's responses, carried on the monotonic clock.
+    aws_time: datetime | None = None
+    #: The local wall clock, read at the same instant as ``aws_time`` (the clock guard).
+    local_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +205,11 @@ class Action:
     server_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     alias_name: str | None = None
+    #: Reclaim: the key's tags the decision rests on; KMS's own must still match right before
+    #: the first write (the tagging index is only eventually consistent).
+    expected_tags: Mapping[str, str] | None = None
+    #: Reclaim: how stale the key is (its spire-last-update, 0 when missing): stalest go first.
+    staleness_rank: int = 0
 
 
 @dataclass(frozen=True, slots=True)

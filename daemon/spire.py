@@ -22,6 +22,15 @@ SPIRE_TAGS = (TAG_TRUST_DOMAIN, TAG_SERVER_ID, TAG_ACTIVE, TAG_KEY_ID, TAG_LAST_
 ACTIVE_TRUE = "true"
 ACTIVE_FALSE = "false"
 
+#: What SPIRE's CreateKey asks for: KeyUsage, and the key specs of its four key types.
+KEY_USAGE = "SIGN_VERIFY"
+KEY_SPECS = ("RSA_2048", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384")
+
+#: The daemon's own tag, written with ``spire-active=false`` in the same call: when it marked the
+#: key (Unix seconds, AWS's clock). It lies outside SPIRE's reserved ``spire-`` prefix. A key
+#: marked false without it, or with an old one, was not left mid-reclaim by the daemon.
+TAG_MARKED_AT = "SpireKmsReconciler:MarkedAt"
+
 ALIAS_ROOT = "alias/SPIRE_SERVER/"
 DESCRIPTION_ROOT = "SPIRE_SERVER_KEY/"
 

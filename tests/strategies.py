@@ -86,13 +86,33 @@ def key_arn(n: int) -> str:
     return f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{kms_key_id(n)}"
 
 
+def spire_meta(
+    arn: str,
+    key_id: str,
+    state: str = KEY_STATE_ENABLED,
+    created: datetime | None = NOW - 100 * DAY,
+    **fields: object,
+) -> KeyMeta:
+    """DescribeKey's view of a key SPIRE made (customer-managed, single-Region, SIGN_VERIFY,
+    ECC_NIST_P256); ``fields`` override any of that."""
+    shape: dict[str, object] = {
+        "key_manager": "CUSTOMER",
+        "key_usage": "SIGN_VERIFY",
+        "key_spec": "ECC_NIST_P256",
+        "multi_region": False,
+    }
+    shape.update(fields)
+    return KeyMeta(arn, key_id, state, created, **shape)  # type: ignore[arg-type]
+
+
 def make_meta(
     n: int,
     state: str = KEY_STATE_ENABLED,
     created: datetime | None = NOW - 100 * DAY,
+    **fields: object,
 ) -> KeyMeta:
-    """DescribeKey's view of key number ``n``."""
-    return KeyMeta(key_arn(n), kms_key_id(n), state, created)
+    """DescribeKey's view of key number ``n``, a SPIRE-shaped key unless ``fields`` say not."""
+    return spire_meta(key_arn(n), kms_key_id(n), state, created, **fields)
 
 
 def make_tags(
@@ -130,12 +150,13 @@ def make_key(
     created: datetime | None = NOW - 100 * DAY,
     described: bool = True,
     aliases: Sequence[AliasMeta] | None = (),
+    meta_fields: Mapping[str, object] | None = None,
 ) -> ObservedKey:
     """A tagged key as the observer reports it."""
     tags = make_tags(
         td=td, server=server, active=active, key_id=key_id, last_update=last_update, extra=extra
     )
-    meta = make_meta(n, state, created) if described else None
+    meta = make_meta(n, state, created, **dict(meta_fields or {})) if described else None
     return ObservedKey(key_arn(n), tags, meta, tuple(aliases) if aliases is not None else None)
 
 
@@ -294,6 +315,19 @@ _REFRESH_STATES = st.sampled_from(
 _REFRESH_ALIAS_TARGETS = st.sampled_from(["missing", "tagged", "tagged", "legacy", "legacy"])
 _LEGACY_POOL = st.integers(0, 2)
 _LEGACY_STATES = st.sampled_from([KEY_STATE_ENABLED] * 3 + [KEY_STATE_DISABLED])
+#: Mostly SPIRE's shape; now and then a key SPIRE could not have made.
+_SHAPES = st.sampled_from(
+    [{}] * 12
+    + [
+        {"key_usage": "ENCRYPT_DECRYPT", "key_spec": "SYMMETRIC_DEFAULT"},
+        {"multi_region": True},
+        {"key_manager": "AWS"},
+        {"key_spec": "ECC_SECG_P256K1"},
+        {"key_usage": None},
+    ]
+)
+_MARKS = st.sampled_from(["none", "none", "recent", "recent", "old", "future"])
+_DELETION_AGES = st.integers(0, 7 * 86_400)
 
 
 @st.composite
@@ -302,9 +336,11 @@ def reclaim_policies(draw: st.DrawFn) -> ReclaimPolicy:
     return ReclaimPolicy(
         stale_after=draw(_STALE_AFTERS),
         clock_skew_tolerance=draw(_TOLERANCES),
-        max_reclaims_per_run=draw(_MAX_RECLAIMS),
+        max_reclaims=draw(_MAX_RECLAIMS),
         max_reclaim_fraction=draw(_FRACTIONS),
         protect_tag=draw(_PROTECT_TAGS),
+        window=timedelta(hours=48),
+        mark_window=timedelta(hours=52),
     )
 
 
@@ -389,6 +425,10 @@ def reclaim_worlds(draw: st.DrawFn) -> ReclaimWorld:
             extra[policy.protect_tag] = protect
         if draw(_BOOLS):
             extra["team"] = "payments"
+        mark = draw(_MARKS)
+        if mark != "none":
+            offset = {"recent": -3600, "old": -10 * 86_400, "future": 86_400}[mark]
+            extra[spire.TAG_MARKED_AT] = str(unix(now) + offset)
         aliases: tuple[AliasMeta, ...] | None = draw_key_aliases(
             draw, now, stale_after, server or PEER, key_id or "x509-CA-A"
         )
@@ -402,8 +442,15 @@ def reclaim_worlds(draw: st.DrawFn) -> ReclaimWorld:
             last_update=draw_last_update(draw, now, stale_after, tolerance),
             extra=extra,
         )
-        meta = KeyMeta(
-            key_arn(n), kms_key_id(n), draw(_RECLAIM_STATES), draw_moment(draw, now, stale_after)
+        state = draw(_RECLAIM_STATES)
+        deletion = now + 7 * DAY - timedelta(seconds=draw(_DELETION_AGES))
+        meta: KeyMeta | None = spire_meta(
+            key_arn(n),
+            kms_key_id(n),
+            state,
+            draw_moment(draw, now, stale_after),
+            deletion_date=deletion if state == KEY_STATE_PENDING_DELETION else None,
+            **draw(_SHAPES),
         )
         if draw(_ONE_IN_TEN) == 0:
             meta = None  # DescribeKey failed
@@ -419,16 +466,19 @@ def reclaim_worlds(draw: st.DrawFn) -> ReclaimWorld:
         elif choice == "disabled":
             target = make_meta(2000 + len(own_aliases), state=KEY_STATE_DISABLED)
         own_aliases.append(make_alias_target(kid, target))
+    # ``now`` is AWS's time; the host's wall clock may disagree with it, or AWS sent no Date.
     second = timedelta(seconds=1)
-    aws_time = {
+    skew = draw(_AWS_SKEWS)
+    local_time = {
         "same": now,
-        "none": None,
+        "none": now,
         "+tol": now + tolerance,
         "-tol": now - tolerance,
         "+over": now + tolerance + second,
         "-over": now - tolerance - second,
-    }[draw(_AWS_SKEWS)]
-    truth = ReclaimSnapshot(TD, OWN, tuple(keys), tuple(own_aliases), aws_time)
+    }[skew]
+    aws_time = None if skew == "none" else now
+    truth = ReclaimSnapshot(TD, OWN, tuple(keys), tuple(own_aliases), aws_time, local_time)
     return ReclaimWorld(truth, now, policy, draw(_BOOLS))
 
 
@@ -449,8 +499,12 @@ def refresh_worlds(draw: st.DrawFn) -> RefreshWorld:
     metas: list[KeyMeta] = []
     tagged: list[ObservedKey] = []
     for n in range(draw(_REFRESH_KEY_COUNTS)):
-        meta = KeyMeta(
-            key_arn(n), kms_key_id(n), draw(_REFRESH_STATES), draw_moment(draw, now, STALE_AFTER)
+        meta = spire_meta(
+            key_arn(n),
+            kms_key_id(n),
+            draw(_REFRESH_STATES),
+            draw_moment(draw, now, STALE_AFTER),
+            **draw(_SHAPES),
         )
         metas.append(meta)
         last_update = (
@@ -468,7 +522,7 @@ def refresh_worlds(draw: st.DrawFn) -> RefreshWorld:
         elif choice == "legacy":
             # a small pool, so that two aliases sometimes share one untagged key
             number = 100 + draw(_LEGACY_POOL)
-            target = KeyMeta(
+            target = spire_meta(
                 key_arn(number), kms_key_id(number), draw(_LEGACY_STATES), NOW - 400 * DAY
             )
         aliases.append(make_alias_target(kid, target))
