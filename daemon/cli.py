@@ -17,6 +17,7 @@ import structlog
 
 from daemon import __version__, logs, spire
 from daemon.aws.client import AwsApi, AwsOptions, open_aws
+from daemon.aws.clock import run_clock
 from daemon.aws.errors import AccessDenied, AwsError
 from daemon.jobs import (
     Context,
@@ -37,6 +38,7 @@ from daemon.settings import (
     SettingsError,
     liveness_problem,
     load_settings,
+    settings_warnings,
 )
 
 log = structlog.get_logger("daemon.cli")
@@ -251,39 +253,38 @@ def print_report(report: RunReport, out: TextIO) -> None:
 
 
 async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
-    now = datetime.now(UTC)
     policy = reclaim_policy(settings)
     try:
         async with aws_session(settings) as api:
-            observed = await observe_reclaim(
-                api, settings.trust_domain, server_id, now, policy, describe_all=True
-            )
-            aws_time = observed.snapshot.aws_time
-            skewed = check_clock(aws_time, now, policy.clock_skew_tolerance)
-            if skewed is not None and aws_time is not None:
-                # Staleness is never judged on a clock AWS contradicts: list by AWS's clock.
-                print(
-                    f"spire-kms-reconciler: warning: {skewed}; verdicts use AWS's clock",
-                    file=sys.stderr,
-                )
-                now = aws_time
+            with run_clock():
                 observed = await observe_reclaim(
-                    api, settings.trust_domain, server_id, now, policy, describe_all=True
+                    api, settings.trust_domain, server_id, policy, describe_all=True
                 )
-            legacy = (
-                await scan_own_aliases(api, settings.trust_domain, server_id)
-                if settings.refresh.migrate_legacy_aliases
-                else ()
-            )
-            own = await observe_refresh(api, settings.trust_domain, server_id, legacy)
+                snapshot = observed.snapshot
+                skewed = check_clock(
+                    snapshot.aws_time, snapshot.local_time, policy.clock_skew_tolerance
+                )
+                if skewed is not None and snapshot.aws_time is not None:
+                    # Staleness is judged on AWS's clock, never on one AWS contradicts.
+                    print(
+                        f"spire-kms-reconciler: warning: {skewed}; verdicts use AWS's clock",
+                        file=sys.stderr,
+                    )
+                legacy = (
+                    await scan_own_aliases(api, settings.trust_domain, server_id)
+                    if settings.refresh.migrate_legacy_aliases
+                    else ()
+                )
+                own = await observe_refresh(api, settings.trust_domain, server_id, legacy)
     except AccessDenied as exc:
         print(f"spire-kms-reconciler: {exc.explain()}", file=sys.stderr)
         return Exit.PERMISSION
     except AwsError as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.FAILURES
+    now = snapshot.aws_time or snapshot.local_time or datetime.now(UTC)
     verdicts = merge_verdicts(
-        plan_reclaim(observed.snapshot, now, policy).verdicts,
+        plan_reclaim(snapshot, policy).verdicts,
         plan_refresh(own.snapshot, now, refresh_policy(settings)).verdicts,
     )
     errors = observed.errors + own.errors
@@ -362,6 +363,8 @@ def print_keys_table(rows: Sequence[dict[str, Any]], out: TextIO) -> None:
 
 async def _check(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
     print(f"settings: ok (trust domain {settings.trust_domain}, server ID {server_id})", file=out)
+    for warning in settings_warnings(settings):
+        print(f"settings: warning: {warning}", file=out)
     print(f"spire server: {await _spire_status(settings)}", file=out)
     results: list[tuple[str, str, str]] = []
     denied = failed = False

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from daemon.aio import map_pooled
-from daemon.aws.client import AwsApi
-from daemon.aws.errors import AccessDenied, AwsError, InvalidState, NotFound, Stopping
+from daemon.aws.client import TAG_RESOURCES_BATCH, AwsApi
+from daemon.aws.errors import AccessDenied, AwsError, Held, InvalidState, NotFound, Stopping
 from daemon.model import (
     KEY_STATE_PENDING_DELETION,
     Action,
@@ -20,6 +20,8 @@ from daemon.model import (
     Outcome,
     Plan,
 )
+from daemon.observe import confirm_tags
+from daemon.plan import confirm
 
 log = structlog.get_logger("daemon.execute")
 
@@ -39,11 +41,14 @@ class ExecuteOptions:
 
     pending_window_days: int = 7
     dry_run: bool = False
+    protect_tag: str = "spire-protect"  # for the re-read of a reclaim candidate's tags
 
 
 def _failed(action: Action, exc: AwsError) -> ActionResult:
     if isinstance(exc, Stopping):
         return _result(action, Outcome.SKIPPED, "the daemon is stopping")
+    if isinstance(exc, Held):
+        return _result(action, Outcome.SKIPPED, exc.message)
     return _result(action, Outcome.FAILURE, _describe(exc), denied=isinstance(exc, AccessDenied))
 
 
@@ -89,11 +94,7 @@ async def execute(
     errors = await _tag_batched(api, stamps, mode)
     results += await _report(stamps, errors)
     results += await _reclaim(
-        api,
-        by_kind[ActionKind.MARK_INACTIVE],
-        by_kind[ActionKind.SCHEDULE_DELETION],
-        options.pending_window_days,
-        mode,
+        api, by_kind[ActionKind.MARK_INACTIVE], by_kind[ActionKind.SCHEDULE_DELETION], options, mode
     )
     return tuple(results)
 
@@ -178,47 +179,90 @@ async def _pending(api: AwsApi, key_id: str) -> bool:
     return meta.state == KEY_STATE_PENDING_DELETION
 
 
+@dataclass(frozen=True, slots=True)
+class _Reclaim:
+    """One key to reclaim: its mark (None for a completion) and its deletion."""
+
+    mark: Action | None
+    schedule: Action
+
+    @property
+    def first(self) -> Action:
+        """The action whose tags the decision rests on."""
+        return self.mark or self.schedule
+
+
 async def _reclaim(
     api: AwsApi,
     marks: Sequence[Action],
     schedules: Sequence[Action],
-    pending_window_days: int,
+    options: ExecuteOptions,
     mode: TaggingMode,
 ) -> list[ActionResult]:
-    """Mark keys inactive (batched), then schedule deletion of those marked and of completions.
-
-    A key is scheduled only once its mark is in place: tags freeze once deletion is pending. A
-    key someone else scheduled meanwhile counts as done.
-    """
+    """Reclaim keys 20 at a time: read each key's tags again from KMS, mark those whose tags are
+    still the ones judged (batched), then schedule the deletion of those marked and of the
+    completions. Interrupted reclaims come first, as the plan orders them."""
     schedule_of = {a.arn: a for a in schedules}
     marked = {a.arn for a in marks}
-    to_schedule = [a for a in schedules if a.arn not in marked]  # completions
+    units = [_Reclaim(None, a) for a in schedules if a.arn not in marked]
+    units += [_Reclaim(m, schedule_of[m.arn]) for m in marks if m.arn in schedule_of]
+    results: list[ActionResult] = []
+    for start in range(0, len(units), TAG_RESOURCES_BATCH):
+        batch = units[start : start + TAG_RESOURCES_BATCH]
+        results += await _reclaim_batch(api, batch, options, mode)
+    return results
+
+
+async def _reclaim_batch(
+    api: AwsApi, batch: Sequence[_Reclaim], options: ExecuteOptions, mode: TaggingMode
+) -> list[ActionResult]:
+    results: list[ActionResult] = []
+    fresh = await confirm_tags(api, [u.first.key_id for u in batch])
+    going: list[_Reclaim] = []
+    for unit in batch:
+        tags = fresh.get(unit.first.key_id, {})
+        if isinstance(tags, AwsError):
+            # Not read, not confirmed: kept, and the run fails so that it is tried again.
+            first = _failed(unit.first, tags)
+            results.append(replace(first, error=f"tags not read again from KMS: {first.error}"))
+            if unit.mark is not None:
+                results.append(_result(unit.schedule, Outcome.SKIPPED, "the key was not marked"))
+            continue
+        why = confirm(unit.first, tags, options.protect_tag)
+        if why is None:
+            going.append(unit)
+            continue
+        for action in (unit.mark, unit.schedule):
+            if action is not None:
+                results.append(_result(action, Outcome.SKIPPED, why))
+    marks = [u.mark for u in going if u.mark is not None]
     errors = await _tag_batched(api, marks, mode)
     failed = [a for a in marks if errors.get(a.arn) is not None]
     pending = await map_pooled(
         failed,
-        lambda a: _false() if isinstance(errors[a.arn], Stopping) else _pending(api, a.key_id),
+        lambda a: _false() if isinstance(errors[a.arn], Held) else _pending(api, a.key_id),
     )
     already = {a.arn for a, is_pending in zip(failed, pending, strict=True) if is_pending}
-    results: list[ActionResult] = []
-    for mark in marks:
-        schedule = schedule_of.get(mark.arn)
+    to_schedule: list[Action] = []
+    for unit in going:
+        mark = unit.mark
+        if mark is None:
+            to_schedule.append(unit.schedule)
+            continue
         err = errors.get(mark.arn)
         if err is None:
             results.append(_result(mark, Outcome.SUCCESS))
-            if schedule is not None:
-                to_schedule.append(schedule)
+            to_schedule.append(unit.schedule)
         elif mark.arn in already:
             results.append(_result(mark, Outcome.SUCCESS))  # scheduled by someone else: done
-            if schedule is not None:
-                results.append(_result(schedule, Outcome.SUCCESS))
+            results.append(_result(unit.schedule, Outcome.SUCCESS))
         else:
             results.append(_failed(mark, err))
-            if schedule is not None:
-                results.append(
-                    _result(schedule, Outcome.SKIPPED, "the key could not be marked inactive")
-                )
-    results += await map_pooled(to_schedule, lambda a: _schedule(api, a, pending_window_days))
+            results.append(
+                _result(unit.schedule, Outcome.SKIPPED, "the key could not be marked inactive")
+            )
+    days = options.pending_window_days
+    results += await map_pooled(to_schedule, lambda a: _schedule(api, a, days))
     return results
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import structlog
 
 from daemon.aws.client import AwsApi
+from daemon.aws.clock import current_run_clock, run_clock
 from daemon.aws.errors import AccessDenied, AwsError
-from daemon.aws.limits import counting_calls
+from daemon.aws.stats import counting_calls
 from daemon.execute import ExecuteOptions, TaggingMode, execute
 from daemon.liveness import Probe, probe_for
 from daemon.model import (
@@ -67,6 +68,19 @@ class Context:
         """The trust domain this daemon serves."""
         return self.settings.trust_domain
 
+    def __post_init__(self) -> None:
+        self.api.write_gate = self.write_gate
+
+    def write_gate(self) -> str | None:
+        """Why no write may be sent right now (the settings in force say dry run), or None.
+
+        Asked before every mutating call, so that a reload turning dry run on holds back even
+        the rest of a run already under way.
+        """
+        if self.dry_run or self.settings.dry_run:
+            return "dry_run is on"
+        return None
+
     async def spire_liveness(self) -> Liveness:
         """Probe the local SPIRE server (the settings in force say how)."""
         if self.probe is not None:
@@ -105,9 +119,13 @@ def reclaim_policy(settings: Settings) -> ReclaimPolicy:
     return ReclaimPolicy(
         stale_after=r.stale_after,
         clock_skew_tolerance=r.clock_skew_tolerance,
-        max_reclaims_per_run=r.max_reclaims_per_run,
+        max_reclaims=r.max_reclaims,
         max_reclaim_fraction=r.max_reclaim_fraction,
         protect_tag=r.protect_tag,
+        window=r.interval,
+        # An interrupted run is completed by the next one: at most an interval, plus its
+        # jitter, later.
+        mark_window=r.interval * (1 + r.jitter),
     )
 
 
@@ -147,7 +165,7 @@ async def refresh_once(ctx: Context) -> RunReport:
         liveness = observed.snapshot.spire
         if liveness is not None and not liveness.alive:
             _log_liveness(liveness)
-        stamp_time = _stamp_time(ctx, now)
+        stamp_time = _stamp_time(ctx, ctx.clock())
         # The planner is pure: a large trust domain is planned off the event loop.
         plan = await asyncio.to_thread(plan_refresh, observed.snapshot, stamp_time, policy)
         if plan.failure is not None:
@@ -176,23 +194,31 @@ def _log_liveness(liveness: Liveness) -> None:
     )
 
 
-def _stamp_time(ctx: Context, now: datetime) -> datetime:
-    """The time to stamp: the local clock, or AWS's when the two disagree beyond the tolerance.
+def _stamp_time(ctx: Context, local: datetime) -> datetime:
+    """The time to stamp: AWS's (this run's responses, carried on the monotonic clock).
 
-    A clock that runs behind would stamp serving keys with old times, and peers would reclaim
-    them; one that runs ahead would make them look fresh for too long.
+    A host clock behind would stamp serving keys with old times and peers would reclaim them;
+    one ahead would keep them looking fresh, or in the future, for too long. Only when no
+    response carried a Date is the local clock used, and that is said.
     """
-    skew = ctx.api.stats.skew
+    clock = current_run_clock()
+    aws = clock.now() if clock is not None else None
+    if aws is None:
+        log.warning(
+            "no_aws_time",
+            detail="no AWS response carried a Date header: stamping with the local clock",
+        )
+        return local
+    skew = local - aws
     tolerance = ctx.settings.reclaim.clock_skew_tolerance
-    if skew is None or abs(skew) <= tolerance:
-        return now
-    log.warning(
-        "clock_skew_corrected",
-        skew_seconds=round(skew.total_seconds()),
-        tolerance_seconds=tolerance.total_seconds(),
-        detail="stamping spire-last-update with AWS's clock (the Date header of its responses)",
-    )
-    return now - skew
+    if abs(skew) > tolerance:
+        log.warning(
+            "clock_skew_corrected",
+            skew_seconds=round(skew.total_seconds()),
+            tolerance_seconds=tolerance.total_seconds(),
+            detail="the local clock is off: stamping with AWS's (the Date of its responses)",
+        )
+    return aws
 
 
 async def reclaim_once(ctx: Context) -> RunReport:
@@ -200,8 +226,9 @@ async def reclaim_once(ctx: Context) -> RunReport:
     policy = reclaim_policy(ctx.settings)
 
     async def body(now: datetime) -> Decided:
-        observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, now, policy)
-        plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, now, policy)
+        del now  # staleness is judged on AWS's time, which the observation carries
+        observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, policy)
+        plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, policy)
         return Decided(plan, observed.errors)
 
     return await _run(ctx, Job.RECLAIM, body)
@@ -215,11 +242,15 @@ async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
     results: tuple[ActionResult, ...] = ()
     error: str | None = None
     denied = False
-    with counting_calls() as calls:
+    with counting_calls() as calls, run_clock():
         try:
             decided = await body(started)
             _log_plan(decided.plan)
-            options = ExecuteOptions(ctx.settings.reclaim.pending_window_days, dry_run)
+            options = ExecuteOptions(
+                ctx.settings.reclaim.pending_window_days,
+                dry_run,
+                ctx.settings.reclaim.protect_tag,
+            )
             results = await execute(ctx.api, decided.plan, options, ctx.state.tagging)
         except AccessDenied as exc:
             error, denied = exc.explain(), True

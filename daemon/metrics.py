@@ -26,7 +26,9 @@ REFRESH_STATES = (Verdict.SERVING, Verdict.SUPERSEDED, Verdict.LEGACY)
 RECLAIM_STATES = tuple(v for v in Verdict if v not in REFRESH_STATES)
 _RUN_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.REFUSED)
 _ACTION_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.SKIPPED)
-_AWS_OPERATIONS = sorted({"GetResources", "ListAliases", "DescribeKey", *MUTATING_OPERATIONS})
+_AWS_OPERATIONS = sorted(
+    {"GetResources", "ListAliases", "DescribeKey", "ListResourceTags", *MUTATING_OPERATIONS}
+)
 _AWS_OUTCOMES = ("success", "throttled", "denied", "not_found", "error")
 
 

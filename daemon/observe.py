@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from daemon import spire
 from daemon.aio import map_pooled
 from daemon.aws.client import AwsApi
+from daemon.aws.clock import RunClock, current_run_clock
 from daemon.aws.errors import AccessDenied, AwsError, NotFound
 from daemon.liveness import Probe
 from daemon.model import (
@@ -20,7 +21,14 @@ from daemon.model import (
     ReclaimSnapshot,
     RefreshSnapshot,
 )
-from daemon.plan import ReclaimPolicy, needs_aliases, needs_state
+from daemon.plan import (
+    ReclaimPolicy,
+    fraction_reads,
+    judge_all,
+    needs_aliases,
+    needs_state,
+    relevant_tags,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,11 +64,6 @@ async def scan_own_aliases(api: AwsApi, trust_domain: str, server_id: str) -> tu
     prefix = spire.alias_prefix(trust_domain, server_id)
     own = [a async for a in api.iter_aliases() if a.name.startswith(prefix)]
     return tuple(a for a in own if spire.parse_alias(a.name, trust_domain, server_id))
-
-
-def _relevant(tags: Mapping[str, str], protect_tag: str) -> dict[str, str]:
-    """Keep the tags the planner reads (SPIRE's and the protect tag); drop the rest."""
-    return {k: v for k, v in tags.items() if k.startswith("spire-") or k == protect_tag}
 
 
 async def _describe_alias(api: AwsApi, name: str) -> KeyMeta | None:
@@ -150,24 +153,32 @@ async def observe_refresh(
     return Observed(snapshot, tuple(errors))
 
 
+#: Rounds of DescribeKey the blast-radius guard may ask for (one key per unsettled server each).
+FRACTION_READ_ROUNDS = 20
+
+
 async def observe_reclaim(
     api: AwsApi,
     trust_domain: str,
     server_id: str,
-    now: datetime,
     policy: ReclaimPolicy,
     *,
     describe_all: bool = False,
 ) -> Observed[ReclaimSnapshot]:
-    """Observe every key tagged with this trust domain, and the state of reclaim candidates.
+    """Observe every key tagged with this trust domain, and the state of what the planner needs.
 
-    Only keys whose tags say stale are described; only Enabled candidates old enough to reclaim
-    have their aliases listed (ListAliases by key ID). ``describe_all`` describes every key, for
-    the ``keys`` listing.
+    The run's first response sets AWS's clock (see :mod:`daemon.aws.clock`), on which staleness
+    is judged. Keys whose tags say stale, and every key marked ``spire-active=false`` (the budget
+    counts recent deletions), are described; Enabled candidates old enough to reclaim have their
+    aliases listed (ListAliases by key ID). When something would be reclaimed, the blast-radius
+    guard may ask for more keys to be described (:func:`~daemon.plan.fraction_reads`).
+    ``describe_all`` describes every key, for the ``keys`` listing.
     """
+    clock = current_run_clock()
     resources = await api.get_resources({spire.TAG_TRUST_DOMAIN: [trust_domain]})
-    keys = [ObservedKey(r.arn, _relevant(r.tags, policy.protect_tag)) for r in resources]
+    keys = [ObservedKey(r.arn, relevant_tags(r.tags, policy.protect_tag)) for r in resources]
     del resources  # a large trust domain: keep one copy of what matters, not two
+    now = _now(clock)
     candidates = [k for k in keys if describe_all or needs_state(k, trust_domain, now, policy)]
 
     # For this server's own stale-looking keys, which key serves is decided as refresh does:
@@ -200,14 +211,7 @@ async def observe_reclaim(
 
     metas: dict[str, KeyMeta] = {}
     gone: set[str] = set()
-    for key, meta, err in await _each(candidates, lambda k: api.describe_key(k.arn)):
-        if isinstance(err, NotFound):
-            gone.add(key.arn)
-        elif err is not None:
-            errors.append(str(err))
-        elif meta is not None:
-            metas[key.arn] = meta
-
+    await _describe(api, candidates, metas, gone, errors)
     to_list = [m for m in metas.values() if needs_aliases(m, now, policy)]
     aliases: dict[str, tuple[AliasMeta, ...]] = {}
     for meta, found, err in await _each(to_list, lambda m: api.list_aliases(m.key_id)):
@@ -216,12 +220,59 @@ async def observe_reclaim(
         elif found is not None:
             aliases[meta.arn] = tuple(found)
 
-    observed = tuple(
-        replace(k, meta=metas.get(k.arn), aliases=aliases.get(k.arn))
-        for k in keys
-        if k.arn not in gone
-    )
-    skew = api.stats.skew
-    aws_time = now - skew if skew is not None else None
-    snapshot = ReclaimSnapshot(trust_domain, server_id, observed, tuple(own_aliases), aws_time)
-    return Observed(snapshot, tuple(errors))
+    def snapshot() -> ReclaimSnapshot:
+        observed = tuple(
+            replace(k, meta=metas.get(k.arn), aliases=aliases.get(k.arn))
+            for k in keys
+            if k.arn not in gone
+        )
+        return ReclaimSnapshot(trust_domain, server_id, observed, tuple(own_aliases))
+
+    tried: set[str] = set()
+    for _ in range(FRACTION_READ_ROUNDS):
+        draft = replace(snapshot(), aws_time=_now(clock))
+        judged = judge_all(draft, _now(clock), policy)
+        wanted = fraction_reads(
+            draft, judged.verdicts, judged.proposal, tried, policy.max_reclaim_fraction
+        )
+        if not wanted:
+            break
+        tried.update(k.arn for k in wanted)
+        await _describe(api, wanted, metas, gone, errors)
+    aws_time, local_time = clock.both() if clock is not None else (None, _wall())
+    return Observed(replace(snapshot(), aws_time=aws_time, local_time=local_time), tuple(errors))
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC)
+
+
+def _now(clock: RunClock | None) -> datetime:
+    """AWS's time now, else (no response carried a Date) the local clock: the planner then
+    refuses to reclaim, and the local time only decides what to read."""
+    found = clock.now() if clock is not None else None
+    return found if found is not None else _wall()
+
+
+async def _describe(
+    api: AwsApi,
+    keys: Sequence[ObservedKey],
+    metas: dict[str, KeyMeta],
+    gone: set[str],
+    errors: list[str],
+) -> None:
+    for key, meta, err in await _each(keys, lambda k: api.describe_key(k.arn)):
+        if isinstance(err, NotFound):
+            gone.add(key.arn)
+        elif err is not None:
+            errors.append(str(err))
+        elif meta is not None:
+            metas[key.arn] = meta
+
+
+async def confirm_tags(api: AwsApi, key_ids: Sequence[str]) -> dict[str, dict[str, str] | AwsError]:
+    """Each key's tags as KMS itself holds them, or the error that kept them from being read."""
+    found: dict[str, dict[str, str] | AwsError] = {}
+    for key_id, tags, err in await _each(key_ids, api.list_resource_tags):
+        found[key_id] = err if err is not None else (tags or {})
+    return found

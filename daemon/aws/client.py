@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -15,15 +15,18 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from daemon.aws.clock import current_run_clock
 from daemon.aws.errors import (
     AccessDenied,
     AwsError,
+    Held,
     NotFound,
     Stopping,
     Throttled,
     translate,
 )
-from daemon.aws.limits import CallStats, RateLimiter
+from daemon.aws.limits import RateLimiter
+from daemon.aws.stats import CallStats
 from daemon.model import AliasMeta, KeyMeta
 
 #: Operations that change something in AWS: rate-limited and never made in a dry run.
@@ -35,6 +38,7 @@ KEY_TAGGING = frozenset({"TagResource", "TagResources"})
 TAG_RESOURCES_BATCH = 20  # the tagging API's limit of ARNs per TagResources call
 GET_RESOURCES_PAGE = 100
 LIST_ALIASES_PAGE = 100
+LIST_RESOURCE_TAGS_PAGE = 50  # KMS's maximum, and the most tags a key can have
 PARTIAL_RETRIES = 3  # extra TagResources rounds for ARNs the tagging API throttled
 
 
@@ -57,10 +61,6 @@ class AwsOptions:
     max_attempts: int = 5
     max_concurrency: int = 8
     mutating_calls_per_second: float = 5.0
-
-
-def _aws_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class AwsApi:
@@ -91,6 +91,9 @@ class AwsApi:
         #: Where KMS calls go (AWS_ENDPOINT_URL, an explicit endpoint, or the region's default).
         self.endpoint_url: str | None = getattr(meta, "endpoint_url", None)
         self.stopping = False  # set on shutdown: calls in flight finish, no new write starts
+        #: Asked before every mutating call: a reason not to send it (a reload turned dry run on),
+        #: or None.
+        self.write_gate: Callable[[], str | None] = _no_gate
 
     async def _call(
         self, client: Any, operation: str, *, cost: int = 1, **params: Any
@@ -121,6 +124,9 @@ class AwsApi:
     def _refuse_if_stopping(self, operation: str) -> None:
         if self.stopping:
             raise Stopping(operation, "Stopping", "the daemon is stopping; not sent")
+        reason = self.write_gate()
+        if reason is not None:
+            raise Held(operation, "Held", f"{reason}; not sent")
 
     def _observe_date(self, response: Mapping[str, Any]) -> None:
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
@@ -133,7 +139,9 @@ class AwsApi:
             return
         if aws_date.tzinfo is None:
             aws_date = aws_date.replace(tzinfo=UTC)
-        self.stats.observe_date(aws_date, _aws_now())
+        clock = current_run_clock()
+        if clock is not None:
+            clock.observe(aws_date)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -206,13 +214,37 @@ class AwsApi:
         """Describe a key by key ID, key ARN, alias name or alias ARN."""
         response = await self._call(self._kms, "DescribeKey", KeyId=key)
         meta = response["KeyMetadata"]
+        multi_region = meta.get("MultiRegion")
         return KeyMeta(
             arn=meta["Arn"],
             key_id=meta["KeyId"],
             state=meta.get("KeyState") or ("Enabled" if meta.get("Enabled") else "Unknown"),
             creation_date=meta.get("CreationDate"),
             description=meta.get("Description") or "",
+            key_manager=meta.get("KeyManager"),
+            key_usage=meta.get("KeyUsage"),
+            key_spec=meta.get("KeySpec") or meta.get("CustomerMasterKeySpec"),
+            multi_region=multi_region if isinstance(multi_region, bool) else None,
+            deletion_date=meta.get("DeletionDate"),
         )
+
+    async def list_resource_tags(self, key_id: str) -> dict[str, str]:
+        """Return a key's tags as KMS itself holds them (strongly consistent, unlike the index).
+
+        A key has at most 50 tags, one page's worth; further pages are followed all the same.
+        """
+        tags: dict[str, str] = {}
+        marker: str | None = None
+        while True:
+            params: dict[str, Any] = {"KeyId": key_id, "Limit": LIST_RESOURCE_TAGS_PAGE}
+            if marker:
+                params["Marker"] = marker
+            page = await self._call(self._kms, "ListResourceTags", **params)
+            for tag in page.get("Tags", []):
+                tags[str(tag["TagKey"])] = str(tag.get("TagValue", ""))
+            marker = page.get("NextMarker")
+            if not page.get("Truncated") or not marker:
+                return tags
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -280,6 +312,10 @@ class AwsApi:
             KeyId=key_id,
             PendingWindowInDays=pending_window_days,
         )
+
+
+def _no_gate() -> str | None:
+    return None
 
 
 def _failed_resources(response: Mapping[str, Any]) -> dict[str, AwsError]:

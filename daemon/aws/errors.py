@@ -24,6 +24,8 @@ _THROTTLE_CODES = {
 }
 _NOT_FOUND_CODES = {"NotFoundException"}
 _INVALID_STATE_CODES = {"KMSInvalidStateException"}
+_SIGNATURE_CODES = {"InvalidSignatureException", "SignatureDoesNotMatch", "RequestExpired"}
+_SIGNING_TIME = re.compile(r"Signature expired|not yet current|RequestTimeTooSkewed|expired", re.I)
 
 #: IAM action of each operation the daemon calls.
 IAM_ACTIONS = {
@@ -31,6 +33,7 @@ IAM_ACTIONS = {
     "TagResources": "tag:TagResources",
     "ListAliases": "kms:ListAliases",
     "DescribeKey": "kms:DescribeKey",
+    "ListResourceTags": "kms:ListResourceTags",
     "TagResource": "kms:TagResource",
     "UpdateAlias": "kms:UpdateAlias",
     "ScheduleKeyDeletion": "kms:ScheduleKeyDeletion",
@@ -85,12 +88,27 @@ class InvalidState(AwsError):
     """The key's state forbids the operation (for example, it is pending deletion)."""
 
 
-class Stopping(AwsError):
+class Held(AwsError):
+    """A mutating call that was not sent: the daemon stopped writing (``message`` says why)."""
+
+
+class Stopping(Held):
     """The daemon is stopping: no new mutating call is sent."""
 
 
 class Unavailable(AwsError):
     """AWS could not be reached or answered with a server error."""
+
+
+class ClockSkewed(AwsError):
+    """AWS refused the request's signing time: this host's clock is more than 5 minutes off."""
+
+    def __str__(self) -> str:
+        return (
+            f"{self.operation}: AWS refused the request's signing time (SigV4 allows 5 minutes): "
+            "this host's clock is off; fix its time synchronisation (timedatectl, chronyc "
+            f"tracking). Nothing was sent to act on: {self.code}: {self.message}"
+        )
 
 
 def _plain(message: str) -> str:
@@ -117,6 +135,8 @@ def translate(operation: str, exc: ClientError | BotoCoreError) -> AwsError:
         action = found.group("action") if found else IAM_ACTIONS.get(operation, operation)
         principal = found.group("principal") if found else None
         return AccessDenied(operation, code, message, action, principal)
+    if code in _SIGNATURE_CODES and _SIGNING_TIME.search(message):
+        return ClockSkewed(operation, code, message)
     if code in _THROTTLE_CODES or status == 429:
         return Throttled(operation, code, message)
     if code in _NOT_FOUND_CODES:

@@ -1,14 +1,10 @@
-"""Client-side rate limits and the per-operation call counter."""
+"""Client-side rate limits: a token bucket per mutating operation."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
 
 _ROUNDING = 1e-9  # a sleep of exactly the deficit may refill a hair short of a whole token
 
@@ -52,52 +48,3 @@ class RateLimiter:
                     self._tokens -= cost
                     return
                 await self._sleep((1 - self._tokens) / self._rate)
-
-
-Listener = Callable[[str, str], None]
-
-_RUN_CALLS: ContextVar[Counter[tuple[str, str]] | None] = ContextVar("run_calls", default=None)
-
-
-@contextmanager
-def counting_calls() -> Iterator[Counter[tuple[str, str]]]:
-    """Count the AWS calls made in this context (one run and the tasks it spawns) apart."""
-    calls: Counter[tuple[str, str]] = Counter()
-    token = _RUN_CALLS.set(calls)
-    try:
-        yield calls
-    finally:
-        _RUN_CALLS.reset(token)
-
-
-class CallStats:
-    """Counts AWS calls by operation and outcome, and remembers AWS's clock."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[tuple[str, str]] = Counter()
-        self.skew: timedelta | None = None  # local clock minus AWS's, from the Date header
-        self._listeners: list[Listener] = []
-
-    def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(operation, outcome)`` for every call recorded from now on."""
-        self._listeners.append(listener)
-
-    def record(self, operation: str, outcome: str) -> None:
-        """Count one call."""
-        self.calls[(operation, outcome)] += 1
-        run = _RUN_CALLS.get()
-        if run is not None:
-            run[(operation, outcome)] += 1
-        for listener in self._listeners:
-            listener(operation, outcome)
-
-    def observe_date(self, aws_date: datetime, local: datetime) -> None:
-        """Remember how far the local clock is from AWS's, as of one response."""
-        self.skew = local - aws_date
-
-    def by_operation(self) -> dict[str, int]:
-        """Return the number of calls per operation, whatever their outcome."""
-        totals: Counter[str] = Counter()
-        for (operation, _), count in self.calls.items():
-            totals[operation] += count
-        return dict(totals)
