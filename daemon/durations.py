@@ -10,7 +10,14 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-__all__ = ["DURATION_HINT", "Duration", "format_duration", "parse_duration", "try_duration"]
+__all__ = [
+    "DURATION_HINT",
+    "MAX_DURATION",
+    "Duration",
+    "format_duration",
+    "parse_duration",
+    "try_duration",
+]
 
 _UNIT_MICROSECONDS: dict[str, int] = {
     "d": 86_400_000_000,
@@ -37,6 +44,8 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError(f"must not be negative, got {format_duration(value)}")
+        if value > MAX_DURATION:
+            raise ValueError(f"must be at most {format_duration(MAX_DURATION)}")
         return value
     if isinstance(value, int | float):
         return _seconds_to_timedelta(value)
@@ -81,11 +90,17 @@ def _seconds_to_timedelta(seconds: int | float) -> timedelta:
     return _microseconds_to_timedelta(micro, seconds)
 
 
+#: The longest duration a setting may hold: about ten years. Longer ones mean nothing here and
+#: would overflow the date arithmetic of schedules.
+MAX_DURATION = timedelta(days=3660)
+
+
 def _microseconds_to_timedelta(micro: Decimal, original: object) -> timedelta:
-    try:
-        return timedelta(microseconds=int(micro.to_integral_value()))
-    except OverflowError:
-        raise ValueError(f"duration {original!r} is too large") from None
+    if micro > Decimal(MAX_DURATION // timedelta(microseconds=1)):
+        raise ValueError(
+            f"duration {original!r} is too large (at most {format_duration(MAX_DURATION)})"
+        )
+    return timedelta(microseconds=int(micro.to_integral_value()))
 
 
 def format_duration(td: timedelta) -> str:

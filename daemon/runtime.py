@@ -1,35 +1,41 @@
-"""The long-running daemon: APScheduler jobs, metrics and health endpoint, signals, sd_notify."""
+"""The long-running daemon: APScheduler jobs, retries, reloads, signals and a graceful stop.
+
+The HTTP listener is :mod:`daemon.http`, systemd's side :mod:`daemon.systemd`, and the guard
+against wall-clock steps :mod:`daemon.clocksteps`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import json
 import os
 import signal
-import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from daemon import logs
 from daemon.aws.client import AwsApi
+from daemon.clocksteps import ClockStepWatcher
 from daemon.durations import format_duration
+from daemon.http import Endpoint, ListenError
 from daemon.jobs import Context, log_summary, reclaim_once, refresh_once
 from daemon.metrics import Metrics
 from daemon.model import Job, Outcome, Plan, Refusal, RunReport
-from daemon.settings import Settings
+from daemon.settings import Settings, settings_warnings
+from daemon.systemd import sd_notify, watchdog
 
 log = structlog.get_logger("daemon.runtime")
+T = TypeVar("T")
 
 #: First retry of a failed run, doubled on each further failure, capped below.
 RETRY_BASE = timedelta(seconds=30)
@@ -46,23 +52,6 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def sd_notify(message: str) -> bool:
-    """Send ``message`` to systemd's notification socket, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify_failed", error=str(exc))
-        return False
-    return True
 
 
 class StartupError(Exception):
@@ -96,13 +85,16 @@ class Daemon:
         self._reload = reload
         self._stop_deadline = stop_deadline
         self._stop = asyncio.Event()
+        self._started_with = ctx.settings
+        self._pending_restart: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
         self._running: dict[Job, asyncio.Task[Any]] = {}
         self.health: dict[Job, JobHealth] = {job: JobHealth() for job in Job}
         self.scheduler: AsyncIOScheduler | None = None
-        self._site: web.TCPSite | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: Endpoint | None = None
         self.bound_port: int | None = None
+        self._reloading = asyncio.Lock()
         ctx.api.stats.subscribe(metrics.on_aws_call)
 
     @property
@@ -139,35 +131,19 @@ class Daemon:
             }
         return 200, {"status": "ok", **body}
 
-    async def _healthz(self, _: web.Request) -> web.Response:
-        status, body = self.healthz()
-        return web.Response(
-            status=status, text=json.dumps(body) + "\n", content_type="application/json"
-        )
-
     async def start_http(self) -> None:
         """Serve /metrics and /healthz on the event loop, at ``metrics.listen_address``."""
         if not self.settings.metrics.enabled:
             return
-        app = web.Application()
-        app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
-        app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
         address = self.settings.metrics
-        self._site = web.TCPSite(self._runner, address.host, address.port)
+        self._http = Endpoint(self.metrics.registry, self.healthz)
         try:
-            await self._site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
+            self.bound_port = await self._http.start(address.host, address.port)
+        except ListenError as exc:
+            self._http = None
             raise StartupError(
-                f"cannot listen on metrics.listen_address {address.listen_address}: "
-                f"{exc.strerror or exc}"
+                f"cannot listen on metrics.listen_address {address.listen_address}: {exc}"
             ) from None
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else address.port
-        log.info("http_listening", host=address.host, port=self.bound_port)
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -313,20 +289,39 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """Re-read the settings; keep the old ones, and say why, when the new ones are invalid."""
+        """SIGHUP: re-read the settings in a worker thread (a slow or stuck file read must not
+        freeze /healthz, the watchdog or SIGTERM), then apply them on the loop."""
+        task = asyncio.get_running_loop().create_task(self.reload_now(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload_now(self) -> bool:
+        """Re-read and apply the settings; keep the old ones, and say why, when the new ones are
+        invalid. One reload at a time. Returns whether the new settings are in force."""
         if self._reload is None:
-            return
-        try:
-            settings, server_id = self._reload()
-        except Exception as exc:
-            log.error("reload_rejected", error=str(exc), detail="keeping the settings in force")
-            return
-        kept = []
-        if settings.region != self.settings.region or settings.aws != self.settings.aws:
-            kept.append("region and [aws] take effect on restart")
-        if settings.metrics != self.settings.metrics:
-            kept.append("[metrics] takes effect on restart")
+            return False
+        async with self._reloading:
+            try:
+                settings, server_id = await _in_daemon_thread(self._reload)
+            except Exception as exc:
+                log.error("reload_rejected", error=str(exc), detail="keeping the settings in force")
+                return False
+            self.apply(settings, server_id)
+            return True
+
+    def apply(self, settings: Settings, server_id: str) -> None:
+        """Put new settings in force: logging, intervals and dry run at once (a dry run is
+        honoured before the next write, even within a run); region, [aws] and [metrics] at the
+        next start. Notes of what waits for a restart accumulate until then."""
         old = self.settings
+        if settings.region != self._started_with.region or settings.aws != self._started_with.aws:
+            self._pending_restart.add("region and [aws] take effect on restart")
+        else:
+            self._pending_restart.discard("region and [aws] take effect on restart")
+        if settings.metrics != self._started_with.metrics:
+            self._pending_restart.add("[metrics] takes effect on restart")
+        else:
+            self._pending_restart.discard("[metrics] takes effect on restart")
         self.ctx.settings = settings
         self.ctx.server_id = server_id
         if settings.log != old.log:
@@ -334,19 +329,9 @@ class Daemon:
         if self.scheduler is not None:
             self.reschedule(self.scheduler, old)
         self.export_intervals()
-        log.info("reloaded", notes=kept)
-
-    async def _watchdog(self) -> None:
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
-            return
-        period = usec / 2_000_000
-        while not self._stop.is_set():
-            sd_notify("WATCHDOG=1")
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=period)
-            except TimeoutError:
-                continue
+        for warning in settings_warnings(settings):
+            log.warning("settings_warning", detail=warning)
+        log.info("reloaded", notes=sorted(self._pending_restart), dry_run=settings.dry_run)
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; return the exit code."""
@@ -363,7 +348,10 @@ class Daemon:
         )
         self.schedule(self.scheduler)
         self.scheduler.start()
-        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
+        tasks = [
+            asyncio.create_task(watchdog(self._stop), name="watchdog"),
+            asyncio.create_task(ClockStepWatcher(self.scheduler).watch(self._stop), name="clock"),
+        ]
         sd_notify("READY=1\nSTATUS=scheduler running")
         log.info(
             "started",
@@ -373,9 +361,12 @@ class Daemon:
             reclaim_interval=format_duration(self.settings.reclaim.interval),
             dry_run=self.ctx.dry_run or self.settings.dry_run,
         )
+        for warning in settings_warnings(self.settings):
+            log.warning("settings_warning", detail=warning)
         await self._stop.wait()
         await self._shutdown()
-        watchdog.cancel()
+        for task in tasks:
+            task.cancel()
         return 0
 
     async def _shutdown(self) -> None:
@@ -390,9 +381,34 @@ class Daemon:
             if pending:
                 log.warning("running_job_cancelled", deadline_seconds=self._stop_deadline)
         self.scheduler.shutdown(wait=False)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
         log.info("stopped")
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """Run ``work`` in a daemon thread: one stuck on a file (a FIFO, a hung network mount) never
+    holds the process back when it stops, as the default executor's threads would."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be gone by now
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
+    return await future
 
 
 def crashed_report(job: Job, started: datetime, exc: Exception) -> RunReport:

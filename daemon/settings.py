@@ -154,6 +154,19 @@ def _positive(td: timedelta) -> timedelta:
     return td
 
 
+#: The shortest interval a job may have; below SHORT_INTERVAL, check and the start warn.
+MIN_INTERVAL = timedelta(seconds=1)
+SHORT_INTERVAL = timedelta(minutes=5)
+
+
+def _interval(td: timedelta) -> timedelta:
+    if td < MIN_INTERVAL:
+        raise ValueError(
+            f"must be at least {format_duration(MIN_INTERVAL)} (SPIRE's own cadence is 6h)"
+        )
+    return td
+
+
 def _jitter(value: float) -> float:
     if not 0 <= value <= _JITTER_CEILING:
         raise ValueError(f"must be between 0 and {_JITTER_CEILING} (a fraction of the interval)")
@@ -207,7 +220,7 @@ class RefreshSettings(BaseModel):
 
     interval: Duration = Field(
         default=timedelta(hours=6),
-        description="How often the refresh job runs (it also runs once at start).",
+        description="How often the refresh job runs (it also runs once at start; at least 1s).",
     )
     refresh_aliases: bool = Field(
         default=True,
@@ -229,7 +242,7 @@ class RefreshSettings(BaseModel):
         description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
     )
 
-    _positive_intervals = field_validator("interval", "alias_scan_interval")(_positive)
+    _intervals = field_validator("interval", "alias_scan_interval")(_interval)
     _jitter_range = field_validator("jitter")(_jitter)
 
     @model_validator(mode="wrap")
@@ -270,7 +283,11 @@ class ReclaimSettings(BaseModel):
 
     enabled: bool = Field(default=True, description="Run the reclaim job at all.")
     interval: Duration = Field(
-        default=timedelta(hours=48), description="How often the reclaim job runs."
+        default=timedelta(hours=48),
+        description="How often the reclaim job runs (at least 1s). Also the window of "
+        "max_reclaims, and of the daemon's marks: a key it marked spire-active=false within "
+        "one interval (plus jitter) is an interrupted reclaim, completed; an older mark on an "
+        "Enabled key is an operator's restore, left alone.",
     )
     start_delay: Duration = Field(
         default=timedelta(minutes=10),
@@ -285,15 +302,18 @@ class ReclaimSettings(BaseModel):
         default=7,
         description="ScheduleKeyDeletion PendingWindowInDays: days to cancel a deletion (7 to 30).",
     )
-    max_reclaims_per_run: _Int = Field(
+    max_reclaims: _Int = Field(
         default=10,
-        description="Blast-radius guard: a run that would newly reclaim more keys reclaims none "
-        "(0 or more).",
+        description="Budget: the most keys of the trust domain scheduled for deletion within any "
+        "reclaim.interval, by all daemons together, counted from AWS's state (keys marked "
+        "spire-active=false and pending deletion). Over it, a run reclaims the stalest keys up "
+        "to the budget, holds the rest back and ends refused (0 or more; 0 reclaims nothing).",
     )
     max_reclaim_fraction: _Float = Field(
         default=0.5,
-        description="Blast-radius guard: a run that would newly reclaim more than this fraction of "
-        "the trust domain's active keys reclaims none (above 0, at most 1).",
+        description="Blast-radius guard: a run that would leave more than this share of the "
+        "trust domain's servers with no live key reclaims nothing (above 0, at most 1). Servers "
+        "count through well-formed keys known not to be pending deletion.",
     )
     protect_tag: str = Field(
         default="spire-protect",
@@ -309,7 +329,7 @@ class ReclaimSettings(BaseModel):
         description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
     )
 
-    _positive_interval = field_validator("interval")(_positive)
+    _intervals = field_validator("interval")(_interval)
     _jitter_range = field_validator("jitter")(_jitter)
 
     @field_validator("stale_after")
@@ -329,7 +349,7 @@ class ReclaimSettings(BaseModel):
             raise ValueError("must be between 7 and 30 (AWS's PendingWindowInDays limit)")
         return value
 
-    @field_validator("max_reclaims_per_run")
+    @field_validator("max_reclaims")
     @classmethod
     def _max_reclaims(cls, value: int) -> int:
         if value < 0:
@@ -340,7 +360,9 @@ class ReclaimSettings(BaseModel):
     @classmethod
     def _max_fraction(cls, value: float) -> float:
         if not 0 < value <= 1:
-            raise ValueError("must be above 0 and at most 1 (a fraction of the active keys)")
+            raise ValueError(
+                "must be above 0 and at most 1 (a share of the trust domain's servers)"
+            )
         return value
 
     @field_validator("protect_tag")
@@ -766,6 +788,12 @@ def _unknown_env_problems(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+#: Settings of earlier versions, and what replaced them.
+_RENAMED = {
+    "reclaim.max_reclaims_per_run": "renamed max_reclaims, which now counts the trust domain's "
+    "deletions within any reclaim.interval, by all daemons together (not one run's)",
+}
+
 #: Settings whose rejected value is not repeated in messages: an endpoint may carry credentials.
 _UNECHOED = frozenset({"aws.endpoint_url"})
 _ECHO_LIMIT = 60
@@ -791,6 +819,8 @@ def _problem(
     kind = error["type"]
     if kind == "missing":
         message = f"required setting is missing (set it in the file or as {_env_name(loc)})"
+    elif kind == "extra_forbidden" and name in _RENAMED:
+        message = _RENAMED[name]
     elif kind == "extra_forbidden":
         message = "unknown setting"
         parent: type[BaseModel] | None = Settings
@@ -962,6 +992,27 @@ def _spire_layer(
         if len(theirs) == 2:
             origins[_IDENTIFIER_LOC] = f"spire_server_config {spire_config.path}"
     return layer, origins, problems
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Settings that work but are probably a mistake (``check`` and the start-up log say so)."""
+    warnings = []
+    for name, interval in (
+        ("refresh.interval", settings.refresh.interval),
+        ("refresh.alias_scan_interval", settings.refresh.alias_scan_interval),
+        ("reclaim.interval", settings.reclaim.interval),
+    ):
+        if interval < SHORT_INTERVAL:
+            warnings.append(
+                f"{name} is {format_duration(interval)}, under {format_duration(SHORT_INTERVAL)}: "
+                "every run spends AWS quota the SPIRE servers share (SPIRE's own cadence is 6h)"
+            )
+    if settings.assume_spire_alive:
+        warnings.append(
+            "assume_spire_alive is true: keys are stamped without asking SPIRE, so a dead "
+            "server's keys are kept alive for as long as this daemon runs"
+        )
+    return warnings
 
 
 def liveness_problem(settings: Settings) -> str | None:

@@ -258,3 +258,18 @@ def test_check_exits_1_when_aws_fails_otherwise(
 
     assert code == 1, out + err
     assert "InternalFailure" in out
+
+
+def test_check_warns_about_intervals_under_five_minutes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], aws: Emulator
+) -> None:
+    config = write_config(
+        tmp_path,
+        endpoint=aws.endpoint_url,
+        body='[refresh]\ninterval = "1s"\nalias_scan_interval = "1s"\n'
+        '[reclaim]\nstale_after = "1d"\n',
+    )
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == 0, out
+    assert "settings: warning: refresh.interval is 1s, under 5m" in out
+    assert "settings: warning: assume_spire_alive is true" in out

@@ -20,6 +20,7 @@ from daemon.settings import (
     format_duration,
     load_settings,
     parse_duration,
+    settings_warnings,
 )
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.example.toml"
@@ -165,7 +166,7 @@ def test_defaults() -> None:
     assert reclaim.start_delay == timedelta(minutes=10)
     assert reclaim.stale_after == timedelta(days=14)
     assert reclaim.pending_window_days == 7
-    assert reclaim.max_reclaims_per_run == 10
+    assert reclaim.max_reclaims == 10
     assert reclaim.max_reclaim_fraction == 0.5
     assert reclaim.protect_tag == "spire-protect"
     assert reclaim.clock_skew_tolerance == timedelta(minutes=5)
@@ -357,6 +358,53 @@ def test_trust_domain_in_spiffe_id_form_is_read_as_go_spiffe_reads_it(trust_doma
     assert load_settings(None, env=env).trust_domain == "example.org"
 
 
+def test_the_old_per_run_limit_says_what_replaced_it() -> None:
+    env = {**MINIMAL_ENV, f"{P}RECLAIM__MAX_RECLAIMS_PER_RUN": "10"}
+    problem = one_problem(None, env)
+    assert problem.startswith("reclaim.max_reclaims_per_run: renamed max_reclaims, which now "), (
+        problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REFRESH__INTERVAL", "1ms"),
+        ("REFRESH__INTERVAL", "0.5s"),
+        ("RECLAIM__INTERVAL", "999ms"),
+        ("REFRESH__ALIAS_SCAN_INTERVAL", "10ms"),
+    ],
+)
+def test_intervals_are_at_least_a_second(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(None, env={**MINIMAL_ENV, f"{P}{name}": value})
+    assert any("must be at least 1s" in p for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    "value", ["99999999999d", "3661d", "1000000000000000000000s", f"{10**30}s", 10**30]
+)
+def test_durations_that_would_overflow_are_a_settings_problem(
+    tmp_path: Path, value: str | int
+) -> None:
+    toml = value if isinstance(value, int) else f'"{value}"'
+    for section, name in (
+        ("refresh", "interval"),
+        ("reclaim", "stale_after"),
+        ("aws", "read_timeout"),
+    ):
+        path = minimal_file(tmp_path, f"[{section}]\n{name} = {toml}\n")
+        problem = one_problem(path)
+        assert "too large" in problem or "at most" in problem, problem
+
+
+def test_short_intervals_work_but_are_warned_about() -> None:
+    env = {**MINIMAL_ENV, f"{P}REFRESH__INTERVAL": "2s", f"{P}RECLAIM__STALE_AFTER": "1d"}
+    warnings = settings_warnings(load_settings(None, env=env))
+    assert any(w.startswith("refresh.interval is 2s, under 5m") for w in warnings), warnings
+    assert settings_warnings(load_settings(None, env=MINIMAL_ENV)) == []
+
+
 def test_missing_trust_domain() -> None:
     problem = one_problem(None, {f"{P}KEY_IDENTIFIER_VALUE": "server-1"})
     assert problem.startswith("trust_domain: required setting is missing")
@@ -421,7 +469,7 @@ def test_alias_scan_interval_must_not_be_shorter_than_interval() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "prefix"),
     [
-        ("max_reclaims_per_run", "-1", "reclaim.max_reclaims_per_run: must be 0 or more"),
+        ("max_reclaims", "-1", "reclaim.max_reclaims: must be 0 or more"),
         ("max_reclaim_fraction", "0", "reclaim.max_reclaim_fraction: must be above 0"),
         ("max_reclaim_fraction", "1.01", "reclaim.max_reclaim_fraction: must be above 0"),
         ("protect_tag", "", "reclaim.protect_tag: must be 1 to 128"),
@@ -435,7 +483,7 @@ def test_alias_scan_interval_must_not_be_shorter_than_interval() -> None:
             "reclaim.clock_skew_tolerance: must be above 0 and at most 1h",
         ),
         ("jitter", "0.6", "reclaim.jitter: must be between 0 and 0.5"),
-        ("interval", "0s", "reclaim.interval: must be greater than 0"),
+        ("interval", "0s", "reclaim.interval: must be at least 1s"),
         ("interval", "soon", "reclaim.interval: invalid duration 'soon'"),
     ],
 )
@@ -447,22 +495,22 @@ def test_reclaim_limits(key: str, value: str, prefix: str) -> None:
 def test_reclaim_limit_edges_accepted() -> None:
     env = {
         **MINIMAL_ENV,
-        f"{P}RECLAIM__MAX_RECLAIMS_PER_RUN": "0",
+        f"{P}RECLAIM__MAX_RECLAIMS": "0",
         f"{P}RECLAIM__MAX_RECLAIM_FRACTION": "1",
         f"{P}RECLAIM__CLOCK_SKEW_TOLERANCE": "1h",
         f"{P}RECLAIM__JITTER": "0",
         f"{P}RECLAIM__PROTECT_TAG": "team:keep-this key",
     }
     reclaim = load_settings(None, env=env).reclaim
-    assert reclaim.max_reclaims_per_run == 0
+    assert reclaim.max_reclaims == 0
     assert reclaim.max_reclaim_fraction == 1.0
     assert reclaim.clock_skew_tolerance == timedelta(hours=1)
     assert reclaim.protect_tag == "team:keep-this key"
 
 
 def test_boolean_where_a_number_belongs(tmp_path: Path) -> None:
-    path = minimal_file(tmp_path, "[reclaim]\nmax_reclaims_per_run = true\n")
-    assert one_problem(path).startswith("reclaim.max_reclaims_per_run: expected a number")
+    path = minimal_file(tmp_path, "[reclaim]\nmax_reclaims = true\n")
+    assert one_problem(path).startswith("reclaim.max_reclaims: expected a number")
 
 
 # --- other sections -----------------------------------------------------------------------------
