@@ -288,7 +288,7 @@ def bench_settings(endpoint: str, **overrides: str) -> Settings:
         # Reclaiming 10% of 5,000 keys at 5 calls/s would take 100 s: pace at 50/s (the maximum).
         f"{ENV}AWS__MUTATING_CALLS_PER_SECOND": "50",
         # 10% of the trust domain is stale: let the blast-radius guard allow it.
-        f"{ENV}RECLAIM__MAX_RECLAIMS_PER_RUN": "1000000",
+        f"{ENV}RECLAIM__MAX_RECLAIMS": "1000000",
         f"{ENV}METRICS__LISTEN_ADDRESS": "127.0.0.1:0",
         # The SPIRE health probe is one local HTTP GET and no AWS call: not what is measured.
         f"{ENV}ASSUME_SPIRE_ALIVE": "true",
@@ -721,9 +721,14 @@ def refresh_bound(own_keys: int, superseded: int = 0) -> int:
     return 1 + math.ceil(own_keys / TAG_BATCH) + 2 * own_keys + superseded
 
 
-def reclaim_bound(td_keys: int, stale: int, inactive: int) -> int:
-    """ceil(M/100) + 4 per stale key + 1 per key already marked inactive."""
-    return math.ceil(td_keys / PAGE) + 4 * stale + inactive
+def reclaim_bound(td_keys: int, stale: int, inactive: int, servers: int = 0) -> int:
+    """ceil(M/100) + 4 per stale key (DescribeKey, ListAliases by key ID, ListResourceTags right
+    before the mark, ScheduleKeyDeletion) + ceil(stale/20) TagResources + 1 DescribeKey per key
+    already marked inactive (the budget counts them) + at most 1 DescribeKey per server of the
+    trust domain when anything is to be reclaimed (the blast-radius guard counts servers through
+    keys known to be Enabled)."""
+    reads = servers if stale else 0
+    return math.ceil(td_keys / PAGE) + 4 * stale + math.ceil(stale / TAG_BATCH) + inactive + reads
 
 
 def _ratio(baseline: int, daemon: int) -> float | None:
@@ -737,7 +742,7 @@ def evaluate(
     d, b = daemon["phases"], baseline["phases"]
     bounds = {
         "refresh": refresh_bound(scenario.own_keys),
-        "reclaim": reclaim_bound(scenario.td_keys, scenario.stale, 0),
+        "reclaim": reclaim_bound(scenario.td_keys, scenario.stale, 0, scenario.servers),
         "reclaim_again": reclaim_bound(scenario.td_keys, 0, scenario.stale),
     }
     checks = {}

@@ -328,14 +328,21 @@ class Emulator:
         description: str = "",
         key_spec: str = "ECC_NIST_P256",
         created_at: datetime | None = None,
+        key_usage: str = "SIGN_VERIFY",
+        multi_region: bool = False,
     ) -> str:
-        """Create a SIGN_VERIFY key and return its ARN.
+        """Create a key (SIGN_VERIFY unless told otherwise) and return its ARN.
 
         ``created_at`` (timezone-aware) backdates the key's CreationDate. Keep the default key
         spec: SYMMETRIC_DEFAULT and RSA keys cost ~30 ms of key generation each.
         """
         return self._create_key(
-            tags=tags, description=description, key_spec=key_spec, created_at=created_at
+            tags=tags,
+            description=description,
+            key_spec=key_spec,
+            created_at=created_at,
+            key_usage=key_usage,
+            multi_region=multi_region,
         ).arn
 
     def create_alias(self, alias_name: str, key_arn: str) -> None:
@@ -446,14 +453,17 @@ class Emulator:
         key_spec: str,
         created_at: datetime | None,
         backend: KmsBackend | None = None,
+        key_usage: str = "SIGN_VERIFY",
+        multi_region: bool = False,
     ) -> Key:
         backend = backend or self.backend
         key = backend.create_key(
             policy=_DEFAULT_POLICY,
-            key_usage="SIGN_VERIFY",
+            key_usage=key_usage,
             key_spec=key_spec,
             description=description,
             tags=[{"TagKey": k, "TagValue": v} for k, v in tags.items()] if tags else None,
+            multi_region=multi_region,
         )
         if created_at is not None:
             if created_at.tzinfo is None or created_at.utcoffset() is None:

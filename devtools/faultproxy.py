@@ -56,6 +56,15 @@ AWS behaviours (:data:`AWS_BEHAVIOURS`, each selectable, all off until :meth:`em
 ``validation``
     ScheduleKeyDeletion ``PendingWindowInDays`` outside 7-30 fails with ``ValidationException``
     (moto accepts it and, below 7, silently does nothing).
+``signing_time``
+    A request signed (``X-Amz-Date``) more than 5 minutes off AWS's clock fails with
+    ``InvalidSignatureException`` ("Signature expired" / "Signature not yet current"), as AWS
+    refuses it. Checked after the faults: AWS's front end can answer 503 before it authenticates.
+
+Besides the behaviours, what the answers say of AWS's clock and index can be made wrong:
+:meth:`FaultProxy.date_offset` shifts the ``Date`` header of every answer, :meth:`drop_date`
+removes it, and :meth:`stale_index` makes GetResources serve old tags for some keys while KMS
+itself (ListResourceTags, the keys' real state) holds the new ones, as the tagging index lags.
 
 Key states are read from moto's backend in-process when the proxy is given the ``emulator``, else
 with a DescribeKey to the emulator. The proxy's clock (alias dates, the ``Date`` header of the
@@ -87,8 +96,8 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from email.utils import formatdate
+from datetime import UTC, datetime
+from email.utils import formatdate, parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +143,9 @@ MUTATING_OPERATIONS = frozenset(
     }
 )
 #: The AWS behaviours :meth:`FaultProxy.emulate_aws` can turn on.
-AWS_BEHAVIOURS = frozenset({"key_states", "key_arns", "alias_dates", "alias_paging", "validation"})
+AWS_BEHAVIOURS = frozenset(
+    {"key_states", "key_arns", "alias_dates", "alias_paging", "validation", "signing_time"}
+)
 
 _JSON_11 = "application/x-amz-json-1.1"
 # Hop-by-hop headers and those aiohttp recomputes; never copied across the proxy.
@@ -151,6 +162,7 @@ _KEY_STATE_OPERATIONS = frozenset(
     {"TagResource", "UntagResource", "ScheduleKeyDeletion", "CancelKeyDeletion", "TagResources"}
 )
 _PENDING = "PendingDeletion"
+_SIGNING_WINDOW = 300.0  # AWS refuses a request signed more than 5 minutes off its clock
 _ALIAS_PAGE_DEFAULT = 50
 _ALIAS_PAGE_MAX = 100
 
@@ -348,6 +360,8 @@ class FaultProxy:
         # alias name -> (CreationDate, LastUpdatedDate), Unix seconds on AWS's clock
         self._alias_dates: dict[str, tuple[float, float]] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
+        self._date_offset: float | None = 0.0  # None: no Date header at all
+        self._stale_index: dict[str, dict[str, str]] = {}  # key ARN -> tags GetResources shows
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -470,6 +484,21 @@ class FaultProxy:
             known = self._alias_dates.get(alias_name)
         return known[1] if known else None
 
+    def date_offset(self, seconds: float) -> None:
+        """Shift the ``Date`` header of every answer by ``seconds`` (what AWS's clock seems)."""
+        with self._lock:
+            self._date_offset = seconds
+
+    def drop_date(self) -> None:
+        """Send every answer without a ``Date`` header."""
+        with self._lock:
+            self._date_offset = None
+
+    def stale_index(self, tags_by_arn: Mapping[str, Mapping[str, str]]) -> None:
+        """Make GetResources list these keys with these (old) tags; KMS keeps the real ones."""
+        with self._lock:
+            self._stale_index.update({arn: dict(tags) for arn, tags in tags_by_arn.items()})
+
     # ------------------------------------------------------------------ rules
 
     def reset(self) -> None:
@@ -481,6 +510,8 @@ class FaultProxy:
             self._bodies.clear()
             self._exchanges.clear()
             self._alias_dates.clear()
+            self._date_offset = 0.0
+            self._stale_index.clear()
             self.behaviours = self._default_behaviours
 
     def clear_rules(self) -> None:
@@ -840,7 +871,7 @@ class FaultProxy:
         exchange.status = response.status
         if response.status >= 400 and exchange.error is None:
             exchange.error = _error_code(response)
-        return response
+        return self._dated(response)
 
     def _select(self, target: str, parsed: Mapping[str, Any], *kinds: str) -> list[Rule]:
         chosen = []
@@ -945,6 +976,9 @@ class FaultProxy:
         if isinstance(fault, tuple):
             arns, entry = fault
             failing.update(dict.fromkeys(arns, entry))
+        if "signing_time" in behaviours and (refused := self._check_signing_time(request)):
+            exchange.answered_by = "proxy"
+            return refused
 
         if operation == "ListAliases" and behaviours & {"alias_dates", "alias_paging"}:
             response = await self._list_aliases(request, parsed, behaviours, exchange)
@@ -972,6 +1006,8 @@ class FaultProxy:
                     exchange.answered_by = "emulator"
         if exchange.forwarded and response.status == 200:
             self._track_alias(operation, parsed)
+            if operation == "GetResources" and self._stale_index:
+                response = self._serve_stale_index(response)
         if exchange.forwarded:
             with self._lock:
                 afters = self._select(target, parsed, "after")
@@ -981,6 +1017,60 @@ class FaultProxy:
         if reset_after:
             raise _Reset
         return response
+
+    # ------------------------------------------------------------------ AWS behaviours: clocks
+
+    def _check_signing_time(self, request: web.Request) -> web.Response | None:
+        """AWS's answer to a request signed more than 5 minutes off its clock, or None."""
+        stamp = request.headers.get("X-Amz-Date")
+        if not stamp:
+            return None
+        try:
+            signed = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return self._error("IncompleteSignatureException", f"Invalid X-Amz-Date {stamp}")
+        now = self.aws_time()
+        fmt = "%Y%m%dT%H%M%SZ"
+        aws = datetime.fromtimestamp(now, UTC).strftime(fmt)
+        if signed < now - _SIGNING_WINDOW:
+            earliest = datetime.fromtimestamp(now - _SIGNING_WINDOW, UTC).strftime(fmt)
+            return self._error(
+                "InvalidSignatureException",
+                f"Signature expired: {stamp} is now earlier than {earliest} ({aws} - 5 min.)",
+            )
+        if signed > now + _SIGNING_WINDOW:
+            latest = datetime.fromtimestamp(now + _SIGNING_WINDOW, UTC).strftime(fmt)
+            return self._error(
+                "InvalidSignatureException",
+                f"Signature not yet current: {stamp} is still later than {latest} ({aws} + 5 min.)",
+            )
+        return None
+
+    def _dated(self, response: web.Response) -> web.Response:
+        """Apply :meth:`date_offset` or :meth:`drop_date` to an answer."""
+        with self._lock:
+            offset = self._date_offset
+        if offset is None:
+            # aiohttp writes a Date of its own when there is none: send it empty instead.
+            response.headers["Date"] = ""
+            return response
+        if offset:
+            raw = response.headers.get("Date")
+            if raw:
+                moment = parsedate_to_datetime(raw).timestamp() + offset
+                response.headers["Date"] = formatdate(moment, usegmt=True)
+        return response
+
+    def _serve_stale_index(self, response: web.Response) -> web.Response:
+        """GetResources as a lagging tagging index answers it: old tags for chosen keys."""
+        with self._lock:
+            stale = dict(self._stale_index)
+        data = json.loads(response.body or b"{}")  # type: ignore[arg-type]
+        for item in data.get("ResourceTagMappingList") or []:
+            tags = stale.get(str(item.get("ResourceARN")))
+            if tags is not None:
+                item["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+        return web.json_response(data, content_type=_JSON_11, headers=_passed_headers(response))
 
     # ------------------------------------------------------------------ AWS behaviours: keys
 

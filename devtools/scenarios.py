@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 
 from daemon import spire
 from daemon.cli import main as cli_main
+from daemon.durations import format_duration
 from devtools.emulator import REGION, Emulator
 from devtools.faultproxy import MUTATING, MUTATING_OPERATIONS, FaultProxy, key_id_of
 from devtools.spire_health import SpireHealth
@@ -170,10 +171,11 @@ class Harness:
         *,
         reclaim: Mapping[str, Any] | None = None,
         aws: Mapping[str, Any] | None = None,
+        top: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write a settings file for a daemon of ``server_id`` talking to the proxy."""
         self._configs += 1
-        reclaim_settings = {"max_reclaims_per_run": 50, "max_reclaim_fraction": 1.0}
+        reclaim_settings = {"max_reclaims": 50, "max_reclaim_fraction": 1.0}
         reclaim_settings.update(reclaim or {})
         aws_settings: dict[str, Any] = {
             "endpoint_url": self.proxy.endpoint_url,
@@ -188,6 +190,7 @@ class Harness:
             f"region = {_toml(REGION)}",
             f"key_identifier_value = {_toml(server_id)}",
             f"spire_health_url = {_toml(self.spire.url)}",
+            *(f"{k} = {_toml(v)}" for k, v in (top or {}).items()),
             "[reclaim]",
             *(f"{k} = {_toml(v)}" for k, v in reclaim_settings.items()),
             "[aws]",
@@ -227,13 +230,21 @@ class Harness:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         return env
 
-    def spawn(self, *args: str, server_id: str = SERVER, **settings: Any) -> subprocess.Popen[str]:
-        """Start ``python -m daemon <args>`` as a subprocess."""
-        config = self.config(server_id, **settings)
+    def spawn(
+        self,
+        *args: str,
+        server_id: str = SERVER,
+        env: Mapping[str, str] | None = None,
+        config: Path | None = None,
+        **settings: Any,
+    ) -> subprocess.Popen[str]:
+        """Start ``python -m daemon <args>`` as a subprocess (``env`` adds to its environment,
+        ``config`` replaces the settings file written from ``settings``)."""
+        config = config or self.config(server_id, **settings)
         return subprocess.Popen(
             [sys.executable, "-m", "daemon", *args, "--config", str(config)],
             cwd=REPO,
-            env=self.subprocess_env(),
+            env={**self.subprocess_env(), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -345,7 +356,8 @@ class World:
             _, seeded_tags = self.seeded.get(name, ("", {}))
             tags: dict[str, str] = {}
             for key, value in emulator.tags(arn).items():
-                stamp = spire.parse_last_update(value) if key == spire.TAG_LAST_UPDATE else None
+                timed = key in (spire.TAG_LAST_UPDATE, spire.TAG_MARKED_AT)
+                stamp = spire.parse_last_update(value) if timed else None
                 if seeded_tags.get(key) == value:
                     tags[key] = "as seeded"
                 elif stamp is not None and abs(stamp - aws_now) <= STAMP_SLACK:
@@ -385,9 +397,13 @@ class Seeder:
         trust_domain: str = TD,
         extra: Mapping[str, str] | None = None,
         pending: bool = False,
+        marked: timedelta | None = None,
     ) -> str:
-        """Seed one key; ``last_update`` is an age (AWS's clock), a raw tag value, or missing."""
+        """Seed one key; ``last_update`` is an age (AWS's clock), a raw tag value, or missing;
+        ``marked``: the daemon marked it spire-active=false that long ago."""
         extra_tags = dict(extra or {})
+        if marked is not None:
+            extra_tags[spire.TAG_MARKED_AT] = str(int((self.now - marked).timestamp()))
         unix: int | None = None
         if isinstance(last_update, timedelta):
             unix = int((self.now - last_update).timestamp())
@@ -450,7 +466,7 @@ def seed_fleet(h: Harness) -> World:
     s.key("dead peer JWT-Signer-A (no last-update)", dead, gone, server=PEER_DEAD,
           key_id="JWT-Signer-A", last_update=None)  # fmt: skip
     s.key("dead peer x509-CA-B (interrupted reclaim)", dead, gone, server=PEER_DEAD,
-          key_id="x509-CA-B", last_update=20 * DAY, active="false")  # fmt: skip
+          key_id="x509-CA-B", last_update=20 * DAY, active="false", marked=HOUR)  # fmt: skip
     s.key("dead peer JWT-Signer-B (already pending)", bystander, same, server=PEER_DEAD,
           key_id="JWT-Signer-B", last_update=20 * DAY, active="false", pending=True)  # fmt: skip
     s.key("live peer x509-CA-A", bystander, same, server=PEER_LIVE, key_id="x509-CA-A",
@@ -522,7 +538,11 @@ def _touch_verdicts(world: World, operation: str, body: Mapping[str, Any]) -> li
                 and key is not None
                 and (tags[spire.TAG_SERVER_ID], tags[spire.TAG_KEY_ID]) == world.owners[key]
             )
-            mark = tags == {spire.TAG_ACTIVE: spire.ACTIVE_FALSE}
+            mark = (
+                tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_FALSE
+                and set(tags) == {spire.TAG_ACTIVE, spire.TAG_MARKED_AT}
+                and spire.parse_last_update(tags[spire.TAG_MARKED_AT]) is not None
+            )
             if role is Role.SERVING and (stamp or migration):
                 continue
             if role is Role.DEAD and mark:
@@ -803,7 +823,7 @@ def two_daemons(h: Harness) -> Outcome:
         s.key(f"dead peer {kid}", Role.DEAD, Final.RECLAIMED, server=PEER_DEAD, key_id=kid,
               last_update=20 * DAY)  # fmt: skip
     s.key("dead peer x509-CA-B (interrupted)", Role.DEAD, Final.RECLAIMED, server=PEER_DEAD,
-          key_id="x509-CA-B", last_update=20 * DAY, active="false")  # fmt: skip
+          key_id="x509-CA-B", last_update=20 * DAY, active="false", marked=HOUR)  # fmt: skip
     s.key("alias-mode peer", Role.BYSTANDER, Final.UNCHANGED, server=PEER_ALIAS,
           key_id="x509-CA-A", last_update=20 * DAY, alias=True, alias_age=HOUR)  # fmt: skip
     s.key("protected peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_DEAD,
@@ -846,11 +866,7 @@ def two_daemons(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ clock skew
 
 
-def clock_skew(h: Harness, days: int) -> Outcome:
-    """AWS's clock ``days`` ahead of the host's (negative: behind): reclaim must refuse (exit 4,
-    REFUSED ... clock) and touch nothing; refresh must stamp with AWS's clock."""
-    h.fresh()
-    h.emulator.clock_skew = timedelta(days=days)
+def _seed_clock_world(h: Harness) -> tuple[Seeder, World]:
     s = Seeder(h)  # every age below is on AWS's clock
     s.key("own x509-CA-A (alias target)", Role.SERVING, Final.FRESH, server=SERVER,
           key_id="x509-CA-A", last_update=3 * DAY, alias=True)  # fmt: skip
@@ -858,56 +874,72 @@ def clock_skew(h: Harness, days: int) -> Outcome:
           key_id=ACME, last_update=None, tagged=False, alias=True)  # fmt: skip
     s.key("peer key fresh by AWS's clock (1 day)", Role.BYSTANDER, Final.UNCHANGED,
           server=PEER_LIVE, key_id="x509-CA-A", last_update=DAY)  # fmt: skip
-    s.key("peer key fresh by AWS's clock (10 days)", Role.BYSTANDER, Final.UNCHANGED,
-          server=PEER_LIVE, key_id="JWT-Signer-A", last_update=10 * DAY)  # fmt: skip
-    s.key("peer key stale by AWS's clock (20 days)", Role.BYSTANDER, Final.UNCHANGED,
+    s.key("peer key 2 minutes short of stale by AWS's clock", Role.BYSTANDER, Final.UNCHANGED,
+          server=PEER_LIVE, key_id="JWT-Signer-A",
+          last_update=14 * DAY - timedelta(minutes=2))  # fmt: skip
+    s.key("peer key stale by AWS's clock (20 days)", Role.DEAD, Final.RECLAIMED,
           server=PEER_DEAD, key_id="x509-CA-A", last_update=20 * DAY)  # fmt: skip
-    s.key("interrupted reclaim (20 days)", Role.BYSTANDER, Final.UNCHANGED, server=PEER_DEAD,
-          key_id="x509-CA-B", last_update=20 * DAY, active="false")  # fmt: skip
-    world = s.done()
-    direction = "ahead of" if days > 0 else "behind"
+    return s, s.done()
+
+
+def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> Outcome:
+    """The host clock ``minutes`` ahead of AWS's (negative: behind).
+
+    Within SigV4's 5 minutes AWS takes the requests: staleness is judged on AWS's clock (a key
+    2 minutes short of stale by AWS's clock is kept by a host 4 minutes ahead), stamps are on
+    AWS's clock, and past ``tolerance`` the clock guard refuses the reclaim. Beyond 5 minutes AWS
+    refuses every request's signature: the run fails, names the clock, and changes nothing.
+    """
+    h.fresh()
+    h.emulator.clock_skew = timedelta(minutes=-minutes)
+    _, world = _seed_clock_world(h)
+    direction = "ahead" if minutes > 0 else "behind"
+    amount = format_duration(timedelta(minutes=abs(minutes)))
     outcome = Outcome(
-        f"host clock {abs(days)} days {'behind' if days > 0 else 'ahead'}",
-        faults=f"AWS's Date header {abs(days)} days {direction} the host clock",
+        f"host clock {amount} {direction} (tolerance {tolerance})",
+        faults=f"AWS's clock {amount} {'behind' if minutes > 0 else 'ahead of'} the host's, "
+        "SigV4 signing time checked",
         world=world,
     )
-    run = outcome.record(h.once("once"))
-    _expect_code(outcome, run, [4], "once with a skewed clock")
-    outcome.expect("REFUSED" in run.out and "clock" in run.out, "stdout does not say REFUSED/clock")
-    outcome.expect(
-        h.proxy.count("ScheduleKeyDeletion") == 0, "ScheduleKeyDeletion despite the clock guard"
+    run = outcome.record(h.once("once", reclaim={"clock_skew_tolerance": tolerance}))
+    signable = abs(minutes) <= 5
+    guarded = signable and timedelta(minutes=abs(minutes)) > timedelta(
+        minutes=int(tolerance.removesuffix("m"))
     )
-    aws_now = h.proxy.aws_time()
-    stamp = spire.parse_last_update(
-        h.emulator.tags(world.arn("own x509-CA-A (alias target)")).get(spire.TAG_LAST_UPDATE)
-    )
-    outcome.expect(
-        stamp is not None and abs(stamp - time.time()) > DAY.total_seconds(),
-        f"the stamp {stamp} is on the host's clock, not AWS's ({int(aws_now)})",
-    )
-    outcome.absorb(judge(h, world, stamped_by=aws_now))
+    if not signable:
+        _expect_code(outcome, run, [1], "once with a clock AWS refuses")
+        outcome.expect("clock is off" in run.out, "the error does not say the clock is off")
+        outcome.expect(h.proxy.successes(MUTATING) == [], "a write went through")
+        world.expect("own x509-CA-A (alias target)", Role.SERVING, Final.UNCHANGED)
+        world.expect("own ACME key (legacy, alias only)", Role.SERVING, Final.UNCHANGED)
+        world.expect("peer key stale by AWS's clock (20 days)", Role.DEAD, Final.UNCHANGED)
+    elif guarded:
+        _expect_code(outcome, run, [4], "once past the clock tolerance")
+        outcome.expect("REFUSED by the clock_skew guard" in run.out, "no clock refusal")
+        outcome.expect(h.proxy.count("ScheduleKeyDeletion") == 0, "a deletion despite the guard")
+        world.expect("peer key stale by AWS's clock (20 days)", Role.DEAD, Final.UNCHANGED)
+    else:
+        _expect_code(outcome, run, [0], "once within the clock tolerance")
+    outcome.absorb(judge(h, world, stamped_by=h.proxy.aws_time()))
     return outcome
 
 
-def keys_listing_under_clock_skew(h: Harness, days: int) -> Outcome:
-    """``keys --output json`` with AWS's clock ``days`` off the host's: no verdict may be judged on
-    the contradicted host clock (SPEC B.2.4), so a key AWS's clock calls fresh is never listed
-    "stale", and one AWS's clock calls stale is never listed "fresh"."""
-    outcome = clock_skew(h, days)
+def keys_listing_under_clock_skew(h: Harness, minutes: int) -> Outcome:
+    """``keys --output json`` from a host ``minutes`` ahead of AWS: verdicts are judged on AWS's
+    clock (SPEC B.2.2), so the key 2 minutes short of stale is never listed "stale"."""
+    outcome = clock_skew(h, minutes)
     world = outcome.world
     assert world is not None
     listing = outcome.record(h.once("keys", "--output", "json"))
     rows = {row["key_arn"]: row for row in json.loads(listing.out or "[]")}
     for name, wrong in (
         ("peer key fresh by AWS's clock (1 day)", "stale"),
-        ("peer key fresh by AWS's clock (10 days)", "stale"),
-        ("peer key stale by AWS's clock (20 days)", "fresh"),
+        ("peer key 2 minutes short of stale by AWS's clock", "stale"),
         ("own x509-CA-A (alias target)", "future"),
     ):
         shown = rows.get(world.arn(name), {}).get("verdict")
         outcome.expect(
-            shown != wrong,
-            f"keys lists {name!r} as {shown!r}, judged on the host clock AWS contradicts",
+            shown != wrong, f"keys lists {name!r} as {shown!r}, judged on the host's clock"
         )
     return outcome
 
@@ -947,14 +979,16 @@ class KeySpec:
 
         ``absent`` (not of this trust domain), ``malformed``, ``future``, ``inactive``, ``fresh``
         or ``reclaimed``: only a key whose tags are exactly well formed and stale may be
-        reclaimed.
+        reclaimed. These keys carry no mark of the daemon's, so one already tagged
+        ``spire-active=false`` was not left by its interrupted reclaim: left alone.
         """
         if self.trust_domain != TD:
             return "absent"
         if not self.server_id or not self.key_id or self.active not in ("true", "false"):
             return "malformed"
+        dead = "inactive" if self.active == "false" else "reclaimed"
         if self.last_update is None:
-            return "reclaimed"
+            return dead
         if not _CANONICAL.fullmatch(self.last_update) or int(self.last_update) > _INT64_MAX:
             return "malformed"
         value = int(self.last_update)
@@ -962,7 +996,7 @@ class KeySpec:
             return "future"
         if value > now - stale_after.total_seconds():
             return "inactive" if self.active == "false" else "fresh"
-        return "reclaimed"
+        return dead
 
 
 def _last_update_values(now: int) -> st.SearchStrategy[str | None]:

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from daemon import spire
 from daemon.aws.client import AwsApi, AwsOptions, open_aws, release_endpoint_table
+from daemon.aws.clock import RunClock, current_run_clock, run_clock
 from daemon.aws.errors import (
     AccessDenied,
     AwsError,
@@ -389,7 +390,7 @@ async def test_refresh_falls_back_to_kms_tag_resource_when_tag_resources_is_deni
 
     # The next run of the same process goes straight to kms:TagResource.
     proxy.reset()
-    ctx.clock = lambda: datetime.now(UTC) + timedelta(seconds=5)  # a new stamp to write
+    aws.clock_skew = timedelta(seconds=5)  # AWS's clock moved on: a new stamp to write
     report = await refresh_once(ctx)
     assert report.outcome is Outcome.SUCCESS, report
     assert proxy.count("TagResources") == 0
@@ -468,11 +469,36 @@ async def test_aws_clock_is_read_from_the_date_header(
     aws: Emulator, proxy: FaultProxy, api: AwsApi
 ) -> None:
     aws.clock_skew = timedelta(days=15)
-
+    assert current_run_clock() is None
+    with run_clock() as clock:
+        assert clock.now() is None  # no response yet
+        await api.get_resources({spire.TAG_TRUST_DOMAIN: [TD]})
+        assert clock.responses == 1
+        aws_now, local = clock.both()
+    assert aws_now is not None
+    assert abs(aws_now - (local + timedelta(days=15))) < timedelta(seconds=5)
+    # Outside a run, responses are not kept.
     await api.get_resources({spire.TAG_TRUST_DOMAIN: [TD]})
+    assert clock.responses == 1
 
-    assert api.stats.skew is not None
-    assert abs(api.stats.skew + timedelta(days=15)) < timedelta(seconds=5)
+
+def test_run_clock_carries_awss_time_on_the_monotonic_clock() -> None:
+    """The host's wall clock can step; AWS's time is its Date plus monotonic time since."""
+    ticks = [100.0]
+    wall = [datetime(2026, 1, 1, tzinfo=UTC)]
+    clock = RunClock(monotonic=lambda: ticks[0], wall=lambda: wall[0])
+    seen = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    clock.observe(seen)
+    ticks[0] += 30.5
+    wall[0] += timedelta(days=30)  # a step of the host clock changes nothing
+    assert clock.now() == seen + timedelta(seconds=30.5)
+    # A later Date that says less than the estimate (whole seconds) does not pull it back...
+    clock.observe(seen + timedelta(seconds=30))
+    assert clock.now() == seen + timedelta(seconds=30.5)
+    # ...one that says more moves it forward.
+    clock.observe(seen + timedelta(seconds=32))
+    assert clock.now() == seen + timedelta(seconds=32)
+    assert clock.both() == (seen + timedelta(seconds=32), wall[0])
 
 
 @pytest.mark.integration

@@ -101,7 +101,11 @@ def test_reclaim_within_bound(runs: dict[int, dict[str, Any]], foreign: int) -> 
     run = runs[foreign]
     m, stale = run["scenario"].td_keys, run["scenario"].stale
     reclaim, again = run["daemon"]["reclaim"], run["daemon"]["reclaim_again"]
-    assert reclaim["total"] <= reclaim_bound(m, stale, 0) == 1 + 4 * stale
+    servers = run["scenario"].servers
+    assert reclaim["total"] <= reclaim_bound(m, stale, 0, servers) == 1 + 4 * stale + 1 + servers
+    # Each candidate's tags are read again from KMS right before its mark, one call each.
+    assert reclaim["calls"]["ListResourceTags"] == stale
+    assert reclaim["calls"]["DescribeKey"] <= stale + servers
     assert reclaim["actions"] == {
         "mark_inactive.success": stale,
         "schedule_deletion.success": stale,

@@ -517,19 +517,17 @@ def _reachable_operations(entry: str) -> set[str]:
         seen.add(qualified)
         module = qualified.split(".")[0]
         for node in ast.walk(functions[qualified]):
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            if isinstance(func, ast.Name):
-                target = imports[module].get(func.id, f"{module}.{func.id}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                target = imports[module].get(node.func.id, f"{module}.{node.func.id}")
                 if target in functions:
                     todo.append(target)
-            elif isinstance(func, ast.Attribute) and func.attr in api_ops:
-                owner = func.value
+            # api.<method>, called or handed on (e.g. to a pool of workers)
+            elif isinstance(node, ast.Attribute) and node.attr in api_ops:
+                owner = node.value
                 if (isinstance(owner, ast.Name) and owner.id == "api") or (
                     isinstance(owner, ast.Attribute) and owner.attr == "api"
                 ):
-                    found |= api_ops[func.attr]
+                    found |= api_ops[node.attr]
     return found
 
 
@@ -569,6 +567,10 @@ def _key_request(
         f"aws:ResourceTag/{k}": v for k, v in emu.tags(meta.arn).items()
     }
     context["kms:ResourceAliases"] = sorted(meta.aliases)
+    # The key's own properties, as KMS puts them in every request's context.
+    context["kms:KeyUsage"] = str(meta.key_usage)
+    context["kms:KeySpec"] = str(meta.key_spec)
+    context["kms:MultiRegion"] = "true" if meta.multi_region else "false"
     if request_tags is not None:
         context.update({f"aws:RequestTag/{k}": v for k, v in request_tags.items()})
         context["aws:TagKeys"] = sorted(request_tags)
@@ -610,6 +612,8 @@ def authorizations(emu: Emulator, operation: str, params: Mapping[str, Any]) -> 
         ]
     if operation == "ScheduleKeyDeletion":
         return [_key_request(emu, operation, "kms:ScheduleKeyDeletion", params["KeyId"])]
+    if operation == "ListResourceTags":
+        return [_key_request(emu, operation, "kms:ListResourceTags", params["KeyId"])]
     raise AssertionError(f"no authorization model for {operation}: extend authorizations()")
 
 
@@ -638,6 +642,8 @@ def _condition_holds(operator: str, key: str, expected: Any, context: Mapping[st
         return any(fnmatch.fnmatchcase(a, w) for a in _as_list(actual) for w in wanted)
     if operator == "ArnEquals":
         return actual is not None and all(a in wanted for a in _as_list(actual))
+    if operator == "Bool":
+        return actual is not None and all(a.lower() in wanted for a in _as_list(actual))
     raise AssertionError(f"the test's IAM evaluator does not know {operator}: extend it")
 
 
@@ -806,12 +812,24 @@ async def test_policies_allow_every_call_the_jobs_made(recorded: Recorded) -> No
         r for r in recorded.requests[Job.RECLAIM] if r.operation in MUTATING_OPERATIONS
     ]
     assert {r.operation for r in reclaim_writes} == {"TagResources", "ScheduleKeyDeletion"}
+    # Every key write names a key shaped like SPIRE's.
+    for request in reclaim_writes:
+        if request.resource != "*":
+            assert request.context["kms:KeyUsage"] == "SIGN_VERIFY", request
     # tag:TagResources itself is the refresh's too (stamps); what the refresh-only role lacks is
     # kms:TagResource writing spire-active=false on each key, and kms:ScheduleKeyDeletion.
     key_writes = [r for r in reclaim_writes if r.action != "tag:TagResources"]
     assert {r.action for r in key_writes} == {"kms:TagResource", "kms:ScheduleKeyDeletion"}
     for request in key_writes:
         assert not allowed(refresh_only, request), request
+
+
+#: The request context of a key shaped like SPIRE's.
+SPIRE_SHAPE = {
+    "kms:KeyUsage": "SIGN_VERIFY",
+    "kms:KeySpec": "ECC_NIST_P256",
+    "kms:MultiRegion": "false",
+}
 
 
 def _key_arn(n: int) -> str:
@@ -833,6 +851,59 @@ def _key_arn(n: int) -> str:
         (
             "an untagged key",
             Request("ScheduleKeyDeletion", "kms:ScheduleKeyDeletion", _key_arn(1), {}),
+        ),
+        (
+            "deleting a symmetric data key that carries SPIRE's tags",
+            Request(
+                "ScheduleKeyDeletion",
+                "kms:ScheduleKeyDeletion",
+                _key_arn(1),
+                {
+                    **SPIRE_SHAPE,
+                    "kms:KeyUsage": "ENCRYPT_DECRYPT",
+                    "kms:KeySpec": "SYMMETRIC_DEFAULT",
+                    "aws:ResourceTag/spire-server-td": TD,
+                    "aws:ResourceTag/spire-active": "false",
+                },
+            ),
+        ),
+        (
+            "deleting a multi-Region key",
+            Request(
+                "ScheduleKeyDeletion",
+                "kms:ScheduleKeyDeletion",
+                _key_arn(1),
+                {
+                    **SPIRE_SHAPE,
+                    "kms:MultiRegion": "true",
+                    "aws:ResourceTag/spire-server-td": TD,
+                    "aws:ResourceTag/spire-active": "false",
+                },
+            ),
+        ),
+        (
+            "marking a key of another key spec inactive",
+            Request(
+                "TagResource",
+                "kms:TagResource",
+                _key_arn(1),
+                {
+                    **SPIRE_SHAPE,
+                    "kms:KeySpec": "HMAC_256",
+                    "aws:ResourceTag/spire-server-td": TD,
+                    "aws:RequestTag/spire-active": "false",
+                    "aws:TagKeys": ["spire-active"],
+                },
+            ),
+        ),
+        (
+            "reading another trust domain's tags",
+            Request(
+                "ListResourceTags",
+                "kms:ListResourceTags",
+                _key_arn(1),
+                {"aws:ResourceTag/spire-server-td": OTHER_TD},
+            ),
         ),
         (
             "describing an unrelated key",

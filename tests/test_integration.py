@@ -295,43 +295,61 @@ def test_second_once_writes_nothing_new(aws: Emulator, proxy: FaultProxy, cli: C
 # ------------------------------------------------------------------ guards
 
 
+def dead_peer_keys(aws: Emulator, server: str, *key_ids: str, days: int = 20) -> list[str]:
+    old = datetime.now(UTC) - 90 * DAY
+    return [
+        aws.spire_key(
+            trust_domain=TD,
+            server_id=server,
+            key_id=kid,
+            last_update=ago(days * DAY),
+            alias=False,
+            created_at=old,
+        )
+        for kid in key_ids
+    ]
+
+
+def test_budget_guard_reclaims_the_stalest_and_holds_the_rest(
+    aws: Emulator, proxy: FaultProxy, cli: Cli
+) -> None:
+    older = dead_peer_keys(aws, PEER, "x509-CA-A", days=30)
+    newer = dead_peer_keys(aws, PEER, "JWT-Signer-A", days=20)
+    dead_peer_keys(aws, PEER2, "x509-CA-A", days=1)  # a live peer
+    cli.reclaim["max_reclaims"] = "1"
+
+    code = cli("once", "--job", "reclaim")
+
+    assert code == 4, cli.out + cli.err
+    assert "REFUSED by the budget guard" in cli.out
+    assert "reclaiming 1 now (the stalest), holding 1 back" in cli.out
+    assert aws.key_state(older[0]) == "PendingDeletion"
+    assert aws.key_state(newer[0]) == "Enabled"
+    assert proxy.count("ScheduleKeyDeletion") == 1
+    # The next run (a retry, or another daemon) sees the budget spent in AWS: nothing more.
+    assert cli("once", "--job", "reclaim") == 4
+    assert aws.key_state(newer[0]) == "Enabled"
+    assert proxy.count("ScheduleKeyDeletion") == 1
+
+
 def test_blast_radius_guard_refuses_the_whole_run(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = [
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER,
-            key_id=kid,
-            last_update=ago(20 * DAY),
-            alias=False,
-            created_at=old,
-        )
-        for kid in ("x509-CA-A", "JWT-Signer-A")
-    ]
-    for kid in ("x509-CA-A", "JWT-Signer-A", "x509-CA-B", "JWT-Signer-B"):
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER2,
-            key_id=kid,
-            last_update=ago(DAY),
-            alias=False,
-            created_at=old,
-        )
+    stale = dead_peer_keys(aws, PEER, "x509-CA-A", "JWT-Signer-A")
+    stale += dead_peer_keys(aws, "5e0c2f4a-9999-4222-8333-444455556666", "x509-CA-A")
+    dead_peer_keys(aws, PEER2, "x509-CA-A", "JWT-Signer-A", "x509-CA-B", "JWT-Signer-B", days=1)
     before = {arn: aws.tags(arn) for arn in stale}
-    cli.reclaim["max_reclaims_per_run"] = "1"
 
-    code = cli("once")
+    code = cli("once", "--job", "reclaim")
 
     assert code == 4, cli.out + cli.err
-    assert "REFUSED" in cli.out
-    assert "blast_radius" in cli.out
+    assert "REFUSED by the blast_radius guard" in cli.out
+    assert "2 of the trust domain's 2 servers" not in cli.out
+    assert "2 of the trust domain's 3 servers" in cli.out
     for arn in stale:
         assert aws.key_state(arn) == "Enabled"
         assert aws.tags(arn) == before[arn]
-    assert proxy.count("ScheduleKeyDeletion") == 0
-    assert proxy.count("TagResource") == 0
+    assert mutations(proxy) == NO_MUTATIONS
 
 
 def test_clock_guard_refuses_when_aws_clock_disagrees(
@@ -381,6 +399,16 @@ def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli:
         active="false",
         alias=False,
         created_at=old,
+        extra_tags={spire.TAG_MARKED_AT: str(ago(timedelta(hours=1)))},
+    )
+    unmarked = aws.spire_key(
+        trust_domain=TD,
+        server_id=PEER,
+        key_id="JWT-Signer-A",
+        last_update=ago(20 * DAY),
+        active="false",
+        alias=False,
+        created_at=old,
     )
     aws.spire_key(
         trust_domain=TD,
@@ -397,6 +425,9 @@ def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli:
     assert aws.key_state(marked) == "PendingDeletion"
     assert aws.tags(marked)[spire.TAG_ACTIVE] == "false"
     assert proxy.count("ScheduleKeyDeletion") == 1
+    # Marked false by someone else (no mark of the daemon's): left alone.
+    assert aws.key_state(unmarked) == "Enabled"
+    assert "inactive_unmarked" in cli.out
     assert proxy.count("TagResource") == 0  # already marked: no second tag
 
 
@@ -521,57 +552,38 @@ def test_own_stale_keys_newest_serves_older_is_reclaimed(
     assert aws.tags(older)[spire.TAG_ACTIVE] == "false"
 
 
-def test_fraction_guard_refuses(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
+def test_fraction_counts_servers_not_keys(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
+    stale = dead_peer_keys(aws, PEER, "x509-CA-A", "JWT-Signer-A", "x509-CA-B")
+    dead_peer_keys(aws, PEER2, "x509-CA-A", days=1)
+    cli.reclaim["max_reclaim_fraction"] = "0.5"  # 3 of 4 keys, but 1 of 2 servers
+
+    assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
+    assert all(aws.key_state(arn) == "PendingDeletion" for arn in stale)
+
+
+def test_completing_interrupted_reclaims_counts_toward_the_budget(
+    aws: Emulator, proxy: FaultProxy, cli: Cli
+) -> None:
     old = datetime.now(UTC) - 90 * DAY
-    stale = [
+    marks = [
         aws.spire_key(
             trust_domain=TD,
             server_id=PEER,
             key_id=kid,
             last_update=ago(20 * DAY),
+            active="false",
             alias=False,
             created_at=old,
+            extra_tags={spire.TAG_MARKED_AT: str(ago(timedelta(hours=hours)))},
         )
-        for kid in ("x509-CA-A", "JWT-Signer-A")
+        for kid, hours in (("x509-CA-A", 2), ("JWT-Signer-A", 1))
     ]
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
-    cli.reclaim["max_reclaim_fraction"] = "0.5"  # 2 of 3 active keys is too many
+    dead_peer_keys(aws, PEER2, "x509-CA-A", days=1)
+    cli.reclaim["max_reclaims"] = "1"
 
-    code = cli("once", "--job", "reclaim")
-
-    assert code == 4, cli.out + cli.err
-    assert "REFUSED" in cli.out
-    assert "max_reclaim_fraction" in cli.out
-    assert all(aws.key_state(arn) == "Enabled" for arn in stale)
-    assert mutations(proxy) == NO_MUTATIONS
-
-
-def test_completing_an_interrupted_reclaim_does_not_count_toward_the_guard(
-    aws: Emulator, proxy: FaultProxy, cli: Cli
-) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    marked = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        active="false",
-        alias=False,
-        created_at=old,
-    )
-    cli.reclaim["max_reclaims_per_run"] = "0"
-
-    code = cli("once", "--job", "reclaim")
-
-    assert code == 0, cli.out + cli.err
-    assert aws.key_state(marked) == "PendingDeletion"
+    assert cli("once", "--job", "reclaim") == 4, cli.out + cli.err
+    assert aws.key_state(marks[0]) == "PendingDeletion"  # the older mark first
+    assert aws.key_state(marks[1]) == "Enabled"
 
 
 def test_pending_window_days_is_passed_to_schedule_key_deletion(

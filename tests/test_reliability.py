@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ def test_moto_semantics_come_back_when_aws_behaviours_are_off(
     assert len(proxy.successes("ScheduleKeyDeletion")) == 2
     proxy.reset()
     assert proxy.behaviours == frozenset(
-        {"key_states", "key_arns", "alias_dates", "alias_paging", "validation"}
+        {"key_states", "key_arns", "alias_dates", "alias_paging", "validation", "signing_time"}
     )
 
 
@@ -208,12 +209,55 @@ def test_alias_dates_tracked_set_and_paged(aws: Emulator, proxy: FaultProxy) -> 
 
 def test_alias_dates_follow_the_clock_skew(aws: Emulator, proxy: FaultProxy) -> None:
     proxy.emulate_aws()
+    proxy.emulate_moto("signing_time")  # a client 15 days off would be refused, not dated
     aws.clock_skew = timedelta(days=15)
     key_id = key_id_of(aws.create_key())
     client = kms(proxy)
     client.create_alias(AliasName="alias/skewed", TargetKeyId=key_id)
     [alias] = client.list_aliases(KeyId=key_id)["Aliases"]
     assert abs(alias["LastUpdatedDate"].timestamp() - (time.time() + 15 * 86400)) < 60
+
+
+def test_requests_signed_more_than_five_minutes_off_are_refused(
+    aws: Emulator, proxy: FaultProxy
+) -> None:
+    proxy.emulate_aws("signing_time")
+    key_id = key_id_of(aws.create_key())
+    client = kms(proxy)
+    client.describe_key(KeyId=key_id)  # signed now: fine
+    aws.clock_skew = timedelta(minutes=4)
+    client.describe_key(KeyId=key_id)  # 4 minutes off: still fine
+    for skew, words in (
+        (timedelta(minutes=6), "Signature expired"),
+        (timedelta(minutes=-6), "not yet current"),
+    ):
+        aws.clock_skew = skew
+        with pytest.raises(ClientError) as refused:
+            client.describe_key(KeyId=key_id)
+        error = refused.value.response["Error"]
+        assert error["Code"] == "InvalidSignatureException"
+        assert words in error["Message"]
+    assert not proxy.exchanges("DescribeKey")[-1].forwarded
+
+
+def test_date_header_shifted_or_dropped_and_a_stale_index(aws: Emulator, proxy: FaultProxy) -> None:
+    arn = aws.spire_key(
+        trust_domain="example.org", server_id="s", key_id="x509-CA-A", last_update=5, alias=False
+    )
+    client, tags = kms(proxy), tagging(proxy)
+    proxy.date_offset(3600)
+    seen = client.describe_key(KeyId=arn)["ResponseMetadata"]["HTTPHeaders"]["date"]
+    assert abs(parsedate_to_datetime(seen).timestamp() - (time.time() + 3600)) < 5
+    proxy.drop_date()
+    headers = client.describe_key(KeyId=arn)["ResponseMetadata"]["HTTPHeaders"]
+    assert not headers.get("date")
+    proxy.date_offset(0)
+    proxy.stale_index({arn: {"spire-last-update": "1", "spire-server-td": "example.org"}})
+    listed = tags.get_resources(ResourceTypeFilters=["kms:key"])["ResourceTagMappingList"]
+    (item,) = [i for i in listed if i["ResourceARN"] == arn]
+    assert {t["Key"]: t["Value"] for t in item["Tags"]}["spire-last-update"] == "1"
+    real = client.list_resource_tags(KeyId=arn)["Tags"]
+    assert {t["TagKey"]: t["TagValue"] for t in real}["spire-last-update"] == "5"
 
 
 def test_throttling_at_a_seeded_rate_and_in_bursts(aws: Emulator, proxy: FaultProxy) -> None:
@@ -387,24 +431,38 @@ def test_two_daemons_reclaiming_at_once_schedule_each_key_once(h: Harness) -> No
         assert run.out.count("success  schedule_deletion") == 3, run.out
 
 
-@pytest.mark.parametrize("days", [15, -15], ids=["host-clock-behind", "host-clock-ahead"])
-def test_clock_skew_refuses_reclaim_and_stamps_with_awss_clock(h: Harness, days: int) -> None:
-    outcome = scenarios.clock_skew(h, days)
+@pytest.mark.parametrize(
+    ("minutes", "tolerance", "code"),
+    [(4, "5m", 0), (-4, "5m", 0), (4, "1m", 4), (-4, "1m", 4)],
+    ids=["ahead-within", "behind-within", "ahead-past-tolerance", "behind-past-tolerance"],
+)
+def test_a_skewed_host_clock_judges_and_stamps_on_awss_clock(
+    h: Harness, minutes: int, tolerance: str, code: int
+) -> None:
+    outcome = scenarios.clock_skew(h, minutes, tolerance=tolerance)
     holds(outcome)
-    assert outcome.runs_log[0].code == 4
-    assert state(h, outcome, "peer key stale by AWS's clock (20 days)") == ("Enabled", "true")
+    assert outcome.runs_log[0].code == code
     assert outcome.world is not None
     stamp = h.emulator.tags(outcome.world.arn("own x509-CA-A (alias target)"))[
         spire.TAG_LAST_UPDATE
     ]
-    assert abs(int(stamp) - (time.time() + days * 86400)) < 600
+    assert abs(int(stamp) - h.proxy.aws_time()) < 30  # AWS's clock, not the host's
+    short = state(h, outcome, "peer key 2 minutes short of stale by AWS's clock")
+    assert short == ("Enabled", "true")
 
 
-@pytest.mark.parametrize("days", [-15, 15], ids=["host-clock-ahead", "host-clock-behind"])
-def test_keys_listing_does_not_judge_staleness_on_a_contradicted_clock(
-    h: Harness, days: int
-) -> None:
-    holds(scenarios.keys_listing_under_clock_skew(h, days))
+@pytest.mark.parametrize("minutes", [15 * 24 * 60, -15 * 24 * 60], ids=["ahead", "behind"])
+def test_a_clock_aws_refuses_changes_nothing_and_says_why(h: Harness, minutes: int) -> None:
+    outcome = scenarios.clock_skew(h, minutes)
+    holds(outcome)
+    assert outcome.runs_log[0].code == 1
+    refused = [e for e in h.proxy.exchanges() if e.error == "InvalidSignatureException"]
+    assert refused and len(refused) == len(h.proxy.exchanges())
+
+
+@pytest.mark.parametrize("minutes", [4, -4], ids=["host-clock-ahead", "host-clock-behind"])
+def test_keys_listing_judges_staleness_on_awss_clock(h: Harness, minutes: int) -> None:
+    holds(scenarios.keys_listing_under_clock_skew(h, minutes))
 
 
 def test_an_alias_a_replica_rotates_while_keys_are_stamped_is_not_reverted(h: Harness) -> None:
