@@ -40,6 +40,36 @@ T = TypeVar("T")
 #: First retry of a failed run, doubled on each further failure, capped below.
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(minutes=30)
+#: A refresh refused because the SPIRE server is not alive is asked again at least this often
+#: (a retry is one local HTTP GET and no AWS call): a server back from a long outage carries
+#: old stamps until its keys are stamped again, and peers may reclaim them meanwhile.
+SPIRE_DOWN_RETRY_CAP = timedelta(minutes=1)
+
+
+def retry_delay(report: RunReport, failures_in_a_row: int, interval: timedelta) -> timedelta | None:
+    """When to run a job again after ``report``, the ``failures_in_a_row``-th failure in a row
+    (counting this one); None: the next tick is soon enough.
+
+    Failures, and refreshes the SPIRE server's death refused, are retried with a backoff that
+    doubles from :data:`RETRY_BASE`; success, a guard's refusal and a missing permission are not.
+    A retry due at half the interval or later is left to the next tick.
+    """
+    if not needs_retry(report):
+        return None
+    cap = SPIRE_DOWN_RETRY_CAP if report.plan.refusal is Refusal.SPIRE_NOT_ALIVE else RETRY_CAP
+    # The exponent is bounded: a server down for weeks fails tens of thousands of times in a row.
+    doublings = min(max(0, failures_in_a_row - 1), 16)
+    delay = min(RETRY_BASE * 2**doublings, cap)
+    return None if delay >= interval / 2 else delay
+
+
+def needs_retry(report: RunReport) -> bool:
+    """Whether ``report`` counts as a failure in a row: a failed run, or a refresh the SPIRE
+    server's death refused; not success, a guard's refusal or a missing permission."""
+    spire_down = report.plan.refusal is Refusal.SPIRE_NOT_ALIVE
+    if report.permission_denied:
+        return False
+    return report.outcome is Outcome.FAILURE or spire_down
 
 
 def settle_heap() -> None:
@@ -189,15 +219,12 @@ class Daemon:
         sd_notify(f"STATUS={report.job.value} {report.outcome.value} at {finished:%H:%M:%S}Z")
         # A SPIRE server that is not alive is asked again soon (each retry is one HTTP GET and
         # no AWS call), so that its keys are stamped soon after it is back.
-        spire_down = report.plan.refusal is Refusal.SPIRE_NOT_ALIVE
-        if (report.outcome is not Outcome.FAILURE and not spire_down) or report.permission_denied:
-            # Success, a guard's refusal, or a missing permission: the next tick is soon enough.
+        if not needs_retry(report):
             health.failures_in_a_row = 0
             return
         health.failures_in_a_row += 1
-        delay = min(RETRY_BASE * 2 ** (health.failures_in_a_row - 1), RETRY_CAP)
-        interval = self._interval(report.job)
-        if delay >= interval / 2:
+        delay = retry_delay(report, health.failures_in_a_row, self._interval(report.job))
+        if delay is None:
             return
         if self.scheduler is not None and not self._stop.is_set():
             self.scheduler.add_job(

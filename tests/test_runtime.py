@@ -786,11 +786,42 @@ async def test_a_spire_server_that_is_not_alive_is_asked_again_soon(
     assert scheduler.get_job("refresh-retry").trigger.run_date == (  # type: ignore[union-attr]
         harness.clock.now + 2 * runtime.RETRY_BASE
     )
+    for _ in range(5):  # however long it is down, it is asked again within a minute
+        await harness.run(Job.REFRESH, down)
+    assert scheduler.get_job("refresh-retry").trigger.run_date == (  # type: ignore[union-attr]
+        harness.clock.now + runtime.SPIRE_DOWN_RETRY_CAP
+    )
+    assert timedelta(minutes=1) == runtime.SPIRE_DOWN_RETRY_CAP
     up = replace(make_report(Job.REFRESH), spire=Liveness(True, "HTTP 200", "http://x/live"))
     await harness.run(Job.REFRESH, up)
     assert harness.daemon.health[Job.REFRESH].failures_in_a_row == 0
     assert harness.daemon.healthz()[0] == 200
     assert harness.registry.get_sample_value(P + "spire_up") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("report", "failures", "expected"),
+    [
+        (make_report(Job.REFRESH, error="boom"), 1, timedelta(seconds=30)),
+        (make_report(Job.REFRESH, error="boom"), 3, timedelta(minutes=2)),
+        (make_report(Job.RECLAIM, error="boom"), 7, timedelta(minutes=30)),
+        # weeks of failures in a row: the backoff stays capped, the exponent never overflows
+        (make_report(Job.RECLAIM, error="boom"), 40_000, timedelta(minutes=30)),
+        (make_report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE), 1, timedelta(seconds=30)),
+        (make_report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE), 40_000, timedelta(minutes=1)),
+        (make_report(Job.RECLAIM, refusal=Refusal.BUDGET), 1, None),
+        (make_report(Job.REFRESH, error="denied", denied=True), 1, None),
+        (make_report(Job.REFRESH), 1, None),
+    ],
+)
+def test_retry_delay(report: RunReport, failures: int, expected: timedelta | None) -> None:
+    assert runtime.retry_delay(report, failures, timedelta(hours=6)) == expected
+
+
+def test_no_retry_due_at_half_the_interval_or_later() -> None:
+    failed = make_report(Job.REFRESH, error="boom")
+    assert runtime.retry_delay(failed, 7, timedelta(minutes=60)) is None  # 30 min >= 60/2
+    assert runtime.retry_delay(failed, 6, timedelta(minutes=60)) == timedelta(minutes=16)
 
 
 async def test_crashed_run_is_recorded_and_retried(
