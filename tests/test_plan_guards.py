@@ -352,12 +352,40 @@ def test_without_a_mark_the_deletion_date_tells_at_the_latest_when_it_was_schedu
     key = stale(1, "d", active="false", state=KEY_STATE_PENDING_DELETION)
     assert key.meta is not None
     key = replace(key, meta=replace(key.meta, deletion_date=NOW + 24 * DAY))
-    assert len(spent(reclaim_snapshot(key), NOW, timedelta(hours=48))) == 1
+    assert len(spent(reclaim_snapshot(key), NOW, LOOSE)) == 1
     unknown = stale(2, "d", active="false", state=KEY_STATE_PENDING_DELETION)
-    assert len(spent(reclaim_snapshot(unknown), NOW, timedelta(hours=48))) == 1  # no date: now
+    assert len(spent(reclaim_snapshot(unknown), NOW, LOOSE)) == 1  # no date: now
     enabled_false = marked(3, "d", NOW - HOUR)  # not scheduled yet: a completion, not spent
-    active_true_pending = stale(4, "d", state=KEY_STATE_PENDING_DELETION)  # SPIRE's rotation
-    assert spent(reclaim_snapshot(enabled_false, active_true_pending), NOW, DAY) == []
+    rotated = fresh(4, "d")  # SPIRE's rotation: a key it stamped until it replaced it
+    assert rotated.meta is not None
+    rotated = replace(rotated, meta=replace(rotated.meta, state=KEY_STATE_PENDING_DELETION))
+    assert spent(reclaim_snapshot(enabled_false, rotated), NOW, replace(LOOSE, window=DAY)) == []
+
+
+def test_what_may_have_been_scheduled_counts_against_the_budget() -> None:
+    """Every doubt costs budget: a peer's mark the tagging index does not show yet (the key is
+    pending, its tags still say active and stale), SPIRE's own disposal (which schedules and then
+    cannot tag), and a marked or stale key whose DescribeKey failed."""
+    policy = replace(LOOSE, max_reclaims=3)
+    index_lags = stale(1, "d1", state=KEY_STATE_PENDING_DELETION)
+    assert index_lags.meta is not None
+    index_lags = replace(index_lags, meta=replace(index_lags.meta, deletion_date=NOW + 7 * DAY))
+    undescribed_mark = marked(2, "d2", NOW - HOUR, described=False)
+    undescribed_stale = stale(3, "d3", described=False)
+    unseen = [index_lags, undescribed_mark, undescribed_stale]
+    assert len(spent(reclaim_snapshot(*unseen), NOW, policy)) == 3
+    plan = reclaim(*unseen, stale(10, "d10"), fresh(99, "live"), policy=policy)
+    assert plan.refusal is Refusal.BUDGET
+    assert plan.actions == ()
+    # a fresh key whose DescribeKey failed is no sign of a reclaim
+    assert (
+        spent(
+            reclaim_snapshot(make_key(4, server="d4", last_update=STAMP, described=False)),
+            NOW,
+            policy,
+        )
+        == []
+    )
 
 
 def test_over_the_budget_the_stalest_go_first_and_the_rest_wait() -> None:

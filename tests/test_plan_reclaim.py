@@ -508,7 +508,7 @@ def test_actions_only_on_stale_keys_of_this_trust_domain(world: ReclaimWorld) ->
             is None
         )
         scheduled = [a for a in plan.actions if a.kind is ActionKind.SCHEDULE_DELETION]
-        already = spent(observed, world.now, world.policy.window)
+        already = spent(observed, world.now, world.policy)
         assert len(scheduled) + len(already) <= max(world.policy.max_reclaims, len(already))
     if plan.refusal in (Refusal.BLAST_RADIUS, Refusal.CLOCK_SKEW):
         assert plan.actions == ()

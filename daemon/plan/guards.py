@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from daemon import spire
 from daemon.model import (
@@ -27,9 +26,7 @@ from daemon.model import (
     Verdict,
 )
 from daemon.plan.common import iso, unix
-
-if TYPE_CHECKING:
-    from daemon.plan.reclaim import ReclaimPolicy
+from daemon.plan.staleness import ReclaimPolicy, judge_tags
 
 #: The shortest pending window AWS allows: a deletion date says the key was scheduled at the
 #: latest this long before it.
@@ -87,7 +84,7 @@ class Decision:
 
 #: A guard: (snapshot, verdicts, proposal, now, policy) -> what it lets through.
 Guard = Callable[
-    [ReclaimSnapshot, Sequence[KeyVerdict], Proposal, datetime, "ReclaimPolicy"], Decision
+    [ReclaimSnapshot, Sequence[KeyVerdict], Proposal, datetime, ReclaimPolicy], Decision
 ]
 
 
@@ -227,13 +224,26 @@ def scheduled_at(key: ObservedKey) -> datetime | None:
     return max(found) if found else None
 
 
-def spent(snapshot: ReclaimSnapshot, now: datetime, window: timedelta) -> list[ObservedKey]:
-    """The trust domain's keys marked ``spire-active=false`` and scheduled for deletion within the
-    last ``window``, by any daemon: what the budget has already spent. A pending key whose time
-    cannot be read counts as scheduled just now."""
+def spent(snapshot: ReclaimSnapshot, now: datetime, policy: ReclaimPolicy) -> list[ObservedKey]:
+    """The trust domain's keys scheduled for deletion within the last ``policy.window``, by any
+    daemon (or SPIRE's own disposal): what the budget has already spent.
+
+    Counted: a key pending deletion that is tagged ``spire-active=false``, or whose tags say
+    stale (the tagging index may not show a peer's mark yet, and SPIRE's disposal schedules
+    first and then fails to tag). Not counted: a fresh key pending deletion (SPIRE's rotation
+    of a key it still stamped). A key marked or stale whose state could not be read may be
+    pending: it counts. A pending key whose time cannot be read counts as scheduled just now.
+    Every doubt costs budget, never the other way around.
+    """
     found = []
+    window = policy.window
     for key in snapshot.keys:
-        if key.tags.get(spire.TAG_ACTIVE) != spire.ACTIVE_FALSE or key.meta is None:
+        marked = key.tags.get(spire.TAG_ACTIVE) == spire.ACTIVE_FALSE
+        stale = judge_tags(key.tags, snapshot.trust_domain, now, policy).verdict is None
+        if not marked and not stale:
+            continue  # fresh, malformed, protected...: not reclaimed by anyone's rules
+        if key.meta is None:
+            found.append(key)  # state unknown: it may have been scheduled a moment ago
             continue
         if key.meta.state != KEY_STATE_PENDING_DELETION:
             continue
@@ -273,7 +283,7 @@ def budget_guard(
     """
     if not len(proposal):
         return Decision(proposal)
-    used = spent(snapshot, now, policy.window)
+    used = spent(snapshot, now, policy)
     left = max(0, policy.max_reclaims - len(used))
     ordered = [*_oldest_mark_first(proposal.completions), *_stalest_first(proposal.new)]
     if len(ordered) <= left:
