@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from daemon.aws.client import AwsApi
-from daemon.aws.clock import current_run_clock, run_clock
+from daemon.aws.clock import RunClock, current_run_clock, run_clock
 from daemon.aws.errors import AccessDenied, AwsError
 from daemon.aws.stats import counting_calls
 from daemon.execute import ExecuteOptions, TaggingMode, execute
@@ -59,6 +59,8 @@ class Context:
     api: AwsApi
     state: JobState = field(default_factory=JobState)
     clock: Callable[[], datetime] = utc_now
+    #: The monotonic clock AWS's time is carried on within a run (see daemon.aws.clock).
+    monotonic: Callable[[], float] = time.monotonic
     dry_run: bool = False
     #: Asks the local SPIRE server whether it is alive; None: as the settings say.
     probe: Probe | None = None
@@ -236,13 +238,13 @@ async def reclaim_once(ctx: Context) -> RunReport:
 
 async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
     started = ctx.clock()
-    t0 = time.monotonic()
+    t0 = ctx.monotonic()
     dry_run = ctx.dry_run or ctx.settings.dry_run
     decided = Decided(Plan(job))
     results: tuple[ActionResult, ...] = ()
     error: str | None = None
     denied = False
-    with counting_calls() as calls, run_clock():
+    with counting_calls() as calls, run_clock(RunClock(ctx.monotonic, ctx.clock)):
         try:
             decided = await body(started)
             _log_plan(decided.plan)
@@ -266,7 +268,7 @@ async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
         results=results,
         dry_run=dry_run,
         started_at=started,
-        duration_seconds=time.monotonic() - t0,
+        duration_seconds=ctx.monotonic() - t0,
         aws_calls=dict(sorted(per_op.items())),
         error=error,
         permission_denied=denied or any(r.denied for r in results),

@@ -250,8 +250,10 @@ def _wall() -> datetime:
 def _now(clock: RunClock | None) -> datetime:
     """AWS's time now, else (no response carried a Date) the local clock: the planner then
     refuses to reclaim, and the local time only decides what to read."""
-    found = clock.now() if clock is not None else None
-    return found if found is not None else _wall()
+    if clock is None:
+        return _wall()
+    found = clock.now()
+    return found if found is not None else clock.wall()
 
 
 async def _describe(

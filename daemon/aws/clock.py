@@ -54,6 +54,10 @@ class RunClock:
             return None
         return self._estimate(self._monotonic())
 
+    def wall(self) -> datetime:
+        """The local wall clock."""
+        return self._wall()
+
     def both(self) -> tuple[datetime | None, datetime]:
         """AWS's time and the local wall clock, read at the same instant."""
         aws = self.now()
