@@ -31,6 +31,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+## fleet: 100 SPIRE servers and their daemons over 60 simulated days, invariants checked at every step
+.PHONY: fleet
+fleet: $(STAMP)
+	$(BIN)/python -m devtools.fleet
+
 ## reliability: the failure matrix against the emulator, as a table (faults, runs, converged, keys wrongly touched)
 .PHONY: reliability
 reliability: $(STAMP)
