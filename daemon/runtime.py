@@ -175,6 +175,12 @@ class Daemon:
                 f"cannot listen on metrics.listen_address {address.listen_address}: {exc}"
             ) from None
 
+    async def stop_http(self) -> None:
+        """Close the /metrics and /healthz listener, if it is open."""
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+
     # --- jobs ----------------------------------------------------------------------------------
 
     async def run_job(self, job: Job) -> RunReport | None:
@@ -408,8 +414,7 @@ class Daemon:
             if pending:
                 log.warning("running_job_cancelled", deadline_seconds=self._stop_deadline)
         self.scheduler.shutdown(wait=False)
-        if self._http is not None:
-            await self._http.stop()
+        await self.stop_http()
         log.info("stopped")
 
 

@@ -246,7 +246,6 @@ class Figures:
     refused_runs: Counter[str] = field(default_factory=Counter)
     reclaimed: int = 0
     stamps: int = 0
-    dead_keys_reclaimed: int = 0
     max_reclaim_latency_hours: float = 0.0
     held_by_guard: int = 0
     no_daemon_left: int = 0
