@@ -101,12 +101,6 @@ def resolve_server_id(settings: Settings) -> str:
         parsed = spire.read_server_id_file(settings.key_identifier_file)
     except spire.ContractError as exc:
         raise ConfigProblem(str(exc)) from None
-    if parsed.trimmed_newline:
-        log.info(
-            "key_identifier_trimmed",
-            path=str(settings.key_identifier_file),
-            detail="trailing newline ignored; SPIRE itself would reject this file",
-        )
     return parsed.server_id
 
 

@@ -117,32 +117,66 @@ def decode_key_id(encoded: str) -> str:
     return encoded.replace("_2e", ".").replace("_2b", "+")
 
 
+def join_path(*parts: str) -> str:
+    """Join alias name parts as Go's path.Join does, which SPIRE uses: empty parts dropped, the
+    result cleaned (repeated slashes as one, no trailing slash, ``.`` and ``..`` resolved)."""
+    return _clean_path("/".join(p for p in parts if p))
+
+
+def _clean_path(path: str) -> str:
+    if not path:
+        return ""
+    rooted = path.startswith("/")
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            continue
+        out.append(segment)
+    cleaned = "/".join(out)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
 def alias_prefix(trust_domain: str, server_id: str) -> str:
-    """Return the alias prefix owned by one server, including its trailing slash."""
-    return f"{ALIAS_ROOT}{sanitize_trust_domain(trust_domain)}/{server_id}/"
+    """Return the alias prefix owned by one server, including its trailing slash.
+
+    SPIRE builds it with path.Join, so a ``key_identifier_value`` with repeated, leading or
+    trailing slashes (``a//b/``) owns the cleaned prefix (``.../a/b/``).
+    """
+    return join_path(ALIAS_ROOT, sanitize_trust_domain(trust_domain), server_id) + "/"
 
 
 def trust_domain_alias_prefix(trust_domain: str) -> str:
     """Return the alias prefix shared by all servers of a trust domain (with trailing slash)."""
-    return f"{ALIAS_ROOT}{sanitize_trust_domain(trust_domain)}/"
+    return join_path(ALIAS_ROOT, sanitize_trust_domain(trust_domain)) + "/"
 
 
 def alias_name(trust_domain: str, server_id: str, key_id: str) -> str:
     """Return the alias SPIRE gives key ``key_id`` of server ``server_id`` in ``trust_domain``."""
-    return alias_prefix(trust_domain, server_id) + encode_key_id(key_id)
+    sanitized = sanitize_trust_domain(trust_domain)
+    return join_path(ALIAS_ROOT, sanitized, server_id, encode_key_id(key_id))
 
 
 def parse_alias(name: str, trust_domain: str, server_id: str) -> str | None:
     """Return the SPIRE key ID if alias ``name`` belongs to this server, else ``None``.
 
     Ownership needs the full prefix with its trailing slash, so ``example_org`` never matches
-    ``example_org2`` and server ``abc`` never owns ``abcd``'s aliases.
+    ``example_org2`` and server ``abc`` never owns ``abcd``'s aliases; and what follows it must
+    be one path segment (SPIRE's key IDs hold no ``/``), so server ``a`` never owns server
+    ``a/b``'s aliases.
     """
     prefix = alias_prefix(trust_domain, server_id)
     if not name.startswith(prefix):
         return None
     rest = name[len(prefix) :]
-    if not rest:
+    if not rest or "/" in rest:
         return None
     return decode_key_id(rest)
 
@@ -180,16 +214,35 @@ def format_last_update(unix_seconds: int) -> str:
     return str(unix_seconds)
 
 
+#: What SPIRE's check of ``key_identifier_value`` lets through although a KMS alias name cannot
+#: hold it: its character range ``A-z`` spans ``[ \\ ] ^ _`` and the backtick.
+_SPIRE_RANGE_EXTRAS = frozenset("[\\]^`")
+
+
 def validate_server_id_value(value: str) -> str:
-    """Check a ``key_identifier_value`` against SPIRE's rules and return it unchanged."""
+    """Check a ``key_identifier_value`` against SPIRE's rules and what KMS alias names can hold;
+    return it unchanged."""
     if not value:
         raise ContractError("must not be empty")
     if len(value.encode()) > 256:
-        raise ContractError("must be at most 256 bytes")
+        raise ContractError("must be at most 256 bytes (SPIRE refuses a longer one)")
     if not _SERVER_ID_VALUE_RE.fullmatch(value):
-        raise ContractError("may contain only letters A-Z a-z, digits 0-9, '/', '_' and '-'")
+        odd = sorted({ch for ch in value if ch in _SPIRE_RANGE_EXTRAS})
+        if odd and all(
+            ch in _SPIRE_RANGE_EXTRAS or _SERVER_ID_VALUE_RE.fullmatch(ch) for ch in value
+        ):
+            raise ContractError(
+                f"holds {' '.join(odd)}: SPIRE's own check lets that through (its A-z range "
+                "spans [ \\ ] ^ and the backtick), but a KMS alias name cannot hold it, so "
+                "SPIRE fails to create its keys' aliases; use only letters A-Z a-z, digits 0-9, "
+                "'/', '_' and '-'"
+            )
+        raise ContractError(
+            "may contain only letters A-Z a-z, digits 0-9, '/', '_' and '-' (SPIRE refuses "
+            "anything else)"
+        )
     if value.startswith("alias/aws/"):
-        raise ContractError("must not start with 'alias/aws/'")
+        raise ContractError("must not start with 'alias/aws/' (SPIRE refuses it)")
     return value
 
 
@@ -198,28 +251,33 @@ class ParsedServerId:
     """A server ID read from SPIRE's key identifier file."""
 
     server_id: str
-    trimmed_newline: bool
 
 
 def parse_server_id_file_content(content: str) -> ParsedServerId:
-    """Parse a key identifier file's content as SPIRE does, after trimming one trailing newline.
+    """Parse a key identifier file's whole content as SPIRE does (gofrs/uuid ``FromString``:
+    nothing trimmed).
 
     SPIRE accepts the canonical and 32-hex forms, each bare, braced or ``urn:uuid:``-prefixed, and
-    renders the UUID in lowercase 8-4-4-4-12 form.
+    uses the UUID in lowercase 8-4-4-4-12 form. Anything else, a trailing newline included,
+    stops SPIRE from starting.
     """
-    trimmed = False
-    if content.endswith("\r\n"):
-        content, trimmed = content[:-2], True
-    elif content.endswith("\n"):
-        content, trimmed = content[:-1], True
     if not _UUID_FORMS.fullmatch(content):
-        raise ContractError(f"content is not a UUID: {content[:64]!r}")
+        stripped = content.strip()
+        if stripped != content and _UUID_FORMS.fullmatch(stripped):
+            raise ContractError(
+                f"holds {content[:64]!r}: a UUID with white space around it; SPIRE parses the "
+                "whole content as a UUID and does not start with this file either: write the "
+                "UUID alone, with no newline (printf '%s' ID > FILE)"
+            )
+        raise ContractError(
+            f"content is not a UUID: {content[:64]!r}; SPIRE does not start with this file either"
+        )
     hex_digits = re.sub(r"[^0-9a-fA-F]", "", content.removeprefix("urn:uuid:")).lower()
     canonical = (
         f"{hex_digits[0:8]}-{hex_digits[8:12]}-{hex_digits[12:16]}-"
         f"{hex_digits[16:20]}-{hex_digits[20:32]}"
     )
-    return ParsedServerId(canonical, trimmed)
+    return ParsedServerId(canonical)
 
 
 def read_server_id_file(path: Path) -> ParsedServerId:

@@ -120,16 +120,19 @@ def test_key_identifier_file_that_is_not_a_uuid_exits_2(
     assert "not a UUID" in err
 
 
-def test_trailing_newline_in_key_identifier_file_is_accepted(
+def test_trailing_newline_in_key_identifier_file_is_refused_as_spire_refuses_it(
     aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """SPIRE parses the file's whole content as a UUID and does not start with a trailing
+    newline: the daemon must not keep that server's keys alive meanwhile."""
     config = write_config(tmp_path, endpoint=proxy.endpoint_url, keyid_content=SERVER + "\n")
 
     code, out, err = run(capsys, "check", "--config", str(config))
 
-    assert code == 0, out + err
-    assert f"server ID {SERVER})" in out
-    assert "key_identifier_trimmed" in err
+    assert code == 2, out + err
+    assert "does not start with this file either" in err
+    assert "printf '%s'" in err
+    assert proxy.count() == 0  # nothing asked of AWS with a server ID SPIRE would not use
 
 
 def test_key_identifier_file_uuid_is_rendered_lowercase(

@@ -129,6 +129,48 @@ def test_foreign_aliases_ignored(name: str) -> None:
     assert spire.parse_alias(name, TD, "abc") is None
 
 
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("a//b/", "alias/SPIRE_SERVER/example_org/a/b/x509-CA-A"),
+        ("/a", "alias/SPIRE_SERVER/example_org/a/x509-CA-A"),
+        ("a/", "alias/SPIRE_SERVER/example_org/a/x509-CA-A"),
+        ("a///", "alias/SPIRE_SERVER/example_org/a/x509-CA-A"),
+        ("team/a", "alias/SPIRE_SERVER/example_org/team/a/x509-CA-A"),
+    ],
+)
+def test_alias_names_are_joined_as_go_path_join_joins_them(server: str, expected: str) -> None:
+    """SPIRE builds alias names with path.Join: a key_identifier_value with repeated, leading or
+    trailing slashes gets the cleaned name, and the daemon must compute the same one."""
+    assert spire.alias_name(TD, server, "x509-CA-A") == expected
+    assert spire.parse_alias(expected, TD, server) == "x509-CA-A"
+    assert spire.alias_prefix(TD, server) == expected.removesuffix("x509-CA-A")
+
+
+@pytest.mark.parametrize(
+    ("parts", "joined"),
+    [
+        (("a", "b"), "a/b"),
+        (("a/", "/b/"), "a/b"),
+        (("", "a", ""), "a"),
+        (("a/./b",), "a/b"),
+        (("a/../b",), "b"),
+        (("/..",), "/"),
+        (("..", "a"), "../a"),
+        (("",), ""),
+        (("/",), "/"),
+    ],
+)
+def test_join_path_is_go_path_join(parts: tuple[str, ...], joined: str) -> None:
+    assert spire.join_path(*parts) == joined
+
+
+def test_a_server_never_owns_the_aliases_of_a_server_below_it() -> None:
+    name = spire.alias_name(TD, "a/b", "x509-CA-A")
+    assert spire.parse_alias(name, TD, "a") is None
+    assert spire.parse_alias(name, TD, "a/b") == "x509-CA-A"
+
+
 @modest
 @given(trust_domains, server_ids, raw_key_ids)
 def test_alias_round_trips(td: str, server: str, raw: str) -> None:
@@ -339,13 +381,15 @@ def test_format_last_update() -> None:
 def test_server_id_file_forms(content: str) -> None:
     parsed = spire.parse_server_id_file_content(content)
     assert parsed.server_id == UUID
-    assert parsed.trimmed_newline is False
 
 
-def test_server_id_file_trailing_newline_trimmed_and_reported() -> None:
-    parsed = spire.parse_server_id_file_content(UUID.upper() + "\n")
-    assert parsed.server_id == UUID
-    assert parsed.trimmed_newline is True
+@pytest.mark.parametrize("content", [UUID + "\n", UUID.upper() + "\r\n", " " + UUID, UUID + "\t"])
+def test_server_id_file_with_white_space_is_refused_as_spire_refuses_it(content: str) -> None:
+    """SPIRE parses the whole file (gofrs/uuid FromString, nothing trimmed): a trailing newline
+    stops it from starting, so the daemon must not keep that server's keys alive either."""
+    with pytest.raises(ContractError, match="SPIRE parses the whole content") as raised:
+        spire.parse_server_id_file_content(content)
+    assert "printf '%s'" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -360,7 +404,7 @@ def test_server_id_file_trailing_newline_trimmed_and_reported() -> None:
         UUID_HEX + "0",
         " " + UUID,
         UUID + " ",
-        UUID + "\n\n",  # only one trailing newline is trimmed
+        UUID + "\n\n",
         "\n" + UUID,
         UUID.replace("-", "_"),
         UUID[:8] + UUID[9:13] + "-" + UUID[8] + UUID[13:],  # misplaced hyphen
@@ -384,13 +428,14 @@ def test_server_id_file_garbage_rejected(content: str) -> None:
 def test_read_server_id_file(tmp_path: Path) -> None:
     path = tmp_path / "server_id"
     path.write_text(UUID.upper())
-    assert spire.read_server_id_file(path) == spire.ParsedServerId(UUID, False)
+    assert spire.read_server_id_file(path) == spire.ParsedServerId(UUID)
 
 
-def test_read_server_id_file_with_newline(tmp_path: Path) -> None:
+def test_read_server_id_file_with_newline_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "server_id"
     path.write_text("urn:uuid:" + UUID + "\n")
-    assert spire.read_server_id_file(path) == spire.ParsedServerId(UUID, True)
+    with pytest.raises(ContractError, match=f"{path}.*does not start with this file either"):
+        spire.read_server_id_file(path)
 
 
 def test_missing_server_id_file_is_an_error_and_never_created(tmp_path: Path) -> None:
