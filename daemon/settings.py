@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -572,10 +573,19 @@ class Settings(BaseSettings):
     )
     spire_server_config: Annotated[Path | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
-        description="SPIRE's server configuration file (server.conf, HCL). When set, "
-        "trust_domain and the aws_kms KeyManager's region and key_identifier_file or "
-        "key_identifier_value are read from it; a setting given here or in the environment "
-        "wins (the two key identifier settings count as one).",
+        description="SPIRE's server configuration file (server.conf: HCL, or JSON as SPIRE's "
+        "Helm chart renders it), read exactly as SPIRE reads it. When set, trust_domain, the "
+        "aws_kms KeyManager's region and key_identifier_file or key_identifier_value (from "
+        "plugin_data, or from an absolute plugin_data_file), and the health check URL are "
+        "read from it. A setting given here or in the environment must agree with SPIRE's "
+        "(the two key identifier settings count as one).",
+    )
+    spire_server_config_expand_env: bool = Field(
+        default=False,
+        description="Expand $VAR and ${VAR} in spire_server_config before reading it, as "
+        "spire-server run -expandEnv does (unset variables become empty, $$ stands for $). "
+        "The daemon expands from its own environment: give it the variables spire-server "
+        "gets (the same EnvironmentFile=).",
     )
     spire_health_url: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
@@ -922,8 +932,15 @@ def _spire_layer(
     raw = explicit.get("spire_server_config", data.get("spire_server_config"))
     if not isinstance(raw, str | Path) or raw == "":
         return {}, {}, []  # unset, or not a path: validation reports the latter
+    expand = explicit.get(
+        "spire_server_config_expand_env", data.get("spire_server_config_expand_env", False)
+    )
     try:
-        spire_config = read_spire_server_config(Path(raw))
+        expand = TypeAdapter(bool).validate_python(expand)
+    except ValidationError:
+        expand = False  # reported by the settings' own validation
+    try:
+        spire_config = read_spire_server_config(Path(raw), expand_env=expand)
     except SpireConfigError as exc:
         raise SettingsError(str(exc)) from None
     layer: dict[str, Any] = {}

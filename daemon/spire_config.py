@@ -1,32 +1,47 @@
-"""Read what the daemon can reuse from SPIRE's own server configuration (HCL).
+"""Read what the daemon can reuse from SPIRE's own server configuration, exactly as SPIRE reads it.
 
-SPIRE's ``server.conf`` is HCL (version 1, as SPIRE parses it). This module reads the subset SPIRE
-configurations use: blocks with labels (``server { ... }``, ``plugins { KeyManager "aws_kms"
-{ plugin_data { ... } } }``), ``name = value`` attributes with strings, heredocs, numbers,
-booleans, lists and objects, and ``#``, ``//`` and ``/* */`` comments. Every syntax error names
-the file, the line and the column.
+SPIRE's ``server.conf`` is HCL1, or its JSON form (SPIRE's Helm chart renders JSON); it is parsed
+by :mod:`daemon.hcl` and decoded here the way SPIRE's server loads it:
 
-:func:`read_spire_server_config` returns the values the daemon shares with SPIRE:
-``server.trust_domain`` and the ``aws_kms`` KeyManager's ``region``, ``key_identifier_file`` and
-``key_identifier_value``, each with the line it was found on. It never returns
-``access_key_id``/``secret_access_key``: the daemon takes credentials from the AWS chain only.
+* the whole text, with ``$VAR`` and ``${VAR}`` expanded first when ``expand_env`` is set
+  (``spire-server run -expandEnv``), is decoded into the sections the daemon reads:
+  ``server.trust_domain`` and ``health_checks``, with HCL1's matching (case-insensitive names,
+  several matches decoded in order: the last value wins, repeated blocks merge) and its types
+  (a string field takes a string, a heredoc or a number, nothing else);
+* of the ``plugins`` sections, the first one counts (a later one must be a block too); each
+  plugin is named by the first two keys on its path (``KeyManager "aws_kms" {...}``,
+  ``KeyManager { aws_kms {...} }`` or ``KeyManager "aws_kms" plugin_data {...}``), a plugin
+  named twice is an error, and
+  ``KeyManager`` ``aws_kms`` is found by its exact names;
+* its ``plugin_data`` is printed back to HCL text and decoded again, as SPIRE hands it to the
+  plugin (or the file ``plugin_data_file`` names is read); ``region``, ``key_identifier_file``
+  and ``key_identifier_value`` are taken from it.
+
+:func:`read_spire_server_config` returns those values, each with the file and line it came from.
+It never returns ``access_key_id``/``secret_access_key``: the daemon takes credentials from the
+AWS chain only. Fields of SPIRE's configuration that the daemon does not read are not checked:
+SPIRE reports their errors itself.
 """
 
 from __future__ import annotations
 
-import textwrap
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any
+
+from daemon import hcl
+from daemon.hcl import HclError, Item, ListNode, Literal, Node, ObjectList, ObjectNode
 
 __all__ = [
-    "Attribute",
-    "Block",
-    "Body",
     "SpireConfigError",
     "SpireServerConfig",
     "SpireValue",
-    "parse_hcl",
+    "SpireView",
+    "decode_spire_server_config",
+    "health_live_url",
+    "plugin_names",
     "read_spire_server_config",
 ]
 
@@ -50,440 +65,13 @@ class SpireConfigError(Exception):
         super().__init__(f"spire_server_config {self.path}: {where}{message}")
 
 
-class _SyntaxError(Exception):
-    def __init__(self, message: str, line: int, column: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
-        self.column = column
-
-
-# --- the tree -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Attribute:
-    """``name = value`` on ``line``."""
-
-    name: str
-    value: HclValue
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """``type "label" ... { body }`` on ``line``; ``name = { ... }`` is a block without labels."""
-
-    type: str
-    labels: tuple[str, ...]
-    body: Body
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """The attributes and blocks between two braces (or of the whole file), in order."""
-
-    items: tuple[Attribute | Block, ...] = field(default=())
-    line: int = 1
-
-    def blocks(self, type_: str) -> list[Block]:
-        """Blocks of this type, including ``type = { ... }`` objects."""
-        found: list[Block] = []
-        for item in self.items:
-            if isinstance(item, Block) and item.type == type_:
-                found.append(item)
-            elif isinstance(item, Attribute) and item.name == type_:
-                if isinstance(item.value, Body):
-                    found.append(Block(item.name, (), item.value, item.line))
-                elif isinstance(item.value, list):
-                    # HCL 1 reads `name = [{...}, {...}]` like repeated blocks.
-                    found += [
-                        Block(item.name, (), v, v.line) for v in item.value if isinstance(v, Body)
-                    ]
-        return found
-
-    def attribute(self, name: str) -> Attribute | None:
-        """The attribute ``name`` (not an object): the last one if it is repeated."""
-        found = None
-        for item in self.items:
-            if (
-                isinstance(item, Attribute)
-                and item.name == name
-                and not isinstance(item.value, Body)
-            ):
-                found = item
-        return found
-
-
-#: A parsed HCL value. Objects (``{ ... }``) are bodies, like blocks.
-HclValue: TypeAlias = str | int | float | bool | list["HclValue"] | Body | None
-
-
-# --- tokens -------------------------------------------------------------------------------------
-
-_IDENT, _STRING, _NUMBER, _PUNCT, _EOF = "identifier", "string", "number", "punctuation", "end"
-_PUNCTUATION = "{}[]=,"
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str
-    text: str
-    value: str | int | float
-    line: int
-    column: int
-
-
-def _is_ident_start(char: str) -> bool:
-    return char.isalpha() or char == "_"
-
-
-def _is_ident_char(char: str) -> bool:
-    return char.isalnum() or char in "_-."
-
-
-# Go's escapes, as HCL 1 unquotes strings.
-_ESCAPES = {
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "v": "\v",
-    '"': '"',
-    "\\": "\\",
-}
-
-
-class _Lexer:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.line = 1
-        self.column = 1
-
-    def _peek(self, offset: int = 0) -> str:
-        index = self.pos + offset
-        return self.text[index] if index < len(self.text) else ""
-
-    def _advance(self, count: int = 1) -> str:
-        taken = self.text[self.pos : self.pos + count]
-        for char in taken:
-            if char == "\n":
-                self.line += 1
-                self.column = 1
-            else:
-                self.column += 1
-        self.pos += count
-        return taken
-
-    def tokens(self) -> list[_Token]:
-        out: list[_Token] = []
-        while True:
-            self._skip_space_and_comments()
-            line, column = self.line, self.column
-            char = self._peek()
-            if not char:
-                out.append(_Token(_EOF, "", "", line, column))
-                return out
-            if char in _PUNCTUATION:
-                self._advance()
-                out.append(_Token(_PUNCT, char, char, line, column))
-            elif char == '"':
-                text = self._string()
-                out.append(_Token(_STRING, text, text, line, column))
-            elif char == "<" and self._peek(1) == "<":
-                text = self._heredoc()
-                out.append(_Token(_STRING, text, text, line, column))
-            elif char.isdigit() or (char in "-+" and self._peek(1).isdigit()):
-                raw, number = self._number()
-                out.append(_Token(_NUMBER, raw, number, line, column))
-            elif _is_ident_start(char):
-                start = self.pos
-                while _is_ident_char(self._peek()):
-                    self._advance()
-                word = self.text[start : self.pos]
-                out.append(_Token(_IDENT, word, word, line, column))
-            else:
-                raise _SyntaxError(f"unexpected character {char!r}", line, column)
-
-    def _skip_space_and_comments(self) -> None:
-        while True:
-            char = self._peek()
-            if char and char in " \t\r\n\ufeff":
-                self._advance()
-            elif char == "#" or (char == "/" and self._peek(1) == "/"):
-                while self._peek() and self._peek() != "\n":
-                    self._advance()
-            elif char == "/" and self._peek(1) == "*":
-                line, column = self.line, self.column
-                end = self.text.find("*/", self.pos + 2)
-                if end < 0:
-                    raise _SyntaxError("unterminated /* comment", line, column)
-                self._advance(end + 2 - self.pos)
-            else:
-                return
-
-    def _string(self) -> str:
-        line, column = self.line, self.column
-        self._advance()  # the opening quote
-        out: list[str] = []
-        while True:
-            char = self._peek()
-            if not char or char == "\n":
-                raise _SyntaxError(
-                    "unterminated string (a quoted string ends on its line)", line, column
-                )
-            if char == '"':
-                self._advance()
-                return "".join(out)
-            if char == "\\":
-                out.append(self._escape())
-            elif char == "$" and self._peek(1) == "{":
-                out.append(self._interpolation())
-            else:
-                out.append(self._advance())
-
-    def _escape(self) -> str:
-        line, column = self.line, self.column
-        self._advance()  # the backslash
-        char = self._peek()
-        if char in _ESCAPES:
-            self._advance()
-            return _ESCAPES[char]
-        if char in ("x", "u", "U"):
-            width = {"x": 2, "u": 4, "U": 8}[char]
-            digits = self.text[self.pos + 1 : self.pos + 1 + width]
-            if len(digits) == width and all(c in "0123456789abcdefABCDEF" for c in digits):
-                self._advance(1 + width)
-                try:
-                    return chr(int(digits, 16))
-                except ValueError:
-                    pass
-            raise _SyntaxError(f"invalid \\{char} escape in string", line, column)
-        raise _SyntaxError(f"invalid escape \\{char or 'at end of file'} in string", line, column)
-
-    def _interpolation(self) -> str:
-        """``${...}`` is kept as written (SPIRE does not evaluate it), quotes inside included."""
-        line, column = self.line, self.column
-        start = self.pos
-        self._advance(2)
-        depth = 1
-        while depth:
-            char = self._peek()
-            if not char or char == "\n":
-                raise _SyntaxError("unterminated ${ in string", line, column)
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-            self._advance()
-        return self.text[start : self.pos]
-
-    def _heredoc(self) -> str:
-        line, column = self.line, self.column
-        self._advance(2)
-        indented = self._peek() == "-"
-        if indented:
-            self._advance()
-        start = self.pos
-        while _is_ident_char(self._peek()):
-            self._advance()
-        marker = self.text[start : self.pos]
-        if not marker or self._peek() not in ("\n", "\r"):
-            raise _SyntaxError(
-                "a heredoc starts with <<NAME (or <<-NAME) and a line break", line, column
-            )
-        while self._peek() != "\n":
-            self._advance()
-        self._advance()
-        lines: list[str] = []
-        while True:
-            if not self._peek():
-                raise _SyntaxError(f"heredoc <<{marker} has no closing {marker} line", line, column)
-            end = self.text.find("\n", self.pos)
-            end = len(self.text) if end < 0 else end
-            current = self.text[self.pos : end].rstrip("\r")
-            self._advance(end - self.pos)
-            if current.strip() == marker:
-                break
-            lines.append(current)
-            if self._peek() == "\n":
-                self._advance()
-        body = "".join(f"{text}\n" for text in lines)
-        return textwrap.dedent(body) if indented else body
-
-    def _number(self) -> tuple[str, int | float]:
-        line, column = self.line, self.column
-        start = self.pos
-        if self._peek() in "-+":
-            self._advance()
-        while (
-            self._peek().isalnum()
-            or self._peek() in "._"
-            or (self._peek() in "-+" and self.text[self.pos - 1] in "eE")
-        ):
-            self._advance()
-        raw = self.text[start : self.pos]
-        try:
-            if raw.lower().lstrip("-+").startswith("0x"):
-                return raw, int(raw, 16)
-            if any(c in raw for c in ".eE"):
-                return raw, float(raw)
-            return raw, int(raw)
-        except ValueError:
-            raise _SyntaxError(f"invalid number {raw!r}", line, column) from None
-
-
-# --- parser -------------------------------------------------------------------------------------
-
-
-class _Parser:
-    def __init__(self, tokens: list[_Token]) -> None:
-        self.tokens = tokens
-        self.index = 0
-
-    def _peek(self) -> _Token:
-        return self.tokens[self.index]
-
-    def _next(self) -> _Token:
-        token = self.tokens[self.index]
-        if token.kind != _EOF:
-            self.index += 1
-        return token
-
-    def _is(self, token: _Token, punct: str) -> bool:
-        return token.kind == _PUNCT and token.text == punct
-
-    @staticmethod
-    def _describe(token: _Token) -> str:
-        if token.kind == _EOF:
-            return "end of file"
-        if token.kind == _STRING:
-            return "a string"
-        return repr(token.text)
-
-    def body(self, closing: str | None, line: int) -> Body:
-        items: list[Attribute | Block] = []
-        while True:
-            token = self._peek()
-            if closing is None and token.kind == _EOF:
-                return Body(tuple(items), line)
-            if closing is not None and self._is(token, closing):
-                self._next()
-                return Body(tuple(items), line)
-            if token.kind == _EOF:
-                raise _SyntaxError(
-                    f"missing {closing!r} for the block opened on line {line}",
-                    token.line,
-                    token.column,
-                )
-            if self._is(token, ","):
-                self._next()  # HCL 1 lets object members be separated by commas
-                continue
-            items.append(self._item())
-
-    def _key(self) -> _Token:
-        token = self._next()
-        if token.kind not in (_IDENT, _STRING):
-            raise _SyntaxError(
-                f"expected a name, got {self._describe(token)}", token.line, token.column
-            )
-        return token
-
-    def _item(self) -> Attribute | Block:
-        first = self._key()
-        labels: list[str] = []
-        while True:
-            token = self._peek()
-            if self._is(token, "="):
-                if labels:
-                    raise _SyntaxError(
-                        f"unexpected '=' after the block labels of {first.text!r}",
-                        token.line,
-                        token.column,
-                    )
-                self._next()
-                return Attribute(str(first.value), self.value(), first.line)
-            if self._is(token, "{"):
-                self._next()
-                body = self.body("}", token.line)
-                return Block(str(first.value), tuple(labels), body, first.line)
-            if token.kind in (_IDENT, _STRING):
-                labels.append(str(self._next().value))
-                continue
-            raise _SyntaxError(
-                f"expected '=' or '{{' after {first.text!r}, got {self._describe(token)}",
-                token.line,
-                token.column,
-            )
-
-    def value(self) -> HclValue:
-        token = self._next()
-        if token.kind in (_STRING, _NUMBER):
-            return token.value
-        if token.kind == _IDENT:
-            if token.text in ("true", "false"):
-                return token.text == "true"
-            if token.text == "null":
-                return None
-            raise _SyntaxError(
-                f"expected a value, got {token.text!r} (strings are quoted)",
-                token.line,
-                token.column,
-            )
-        if self._is(token, "["):
-            return self._list(token)
-        if self._is(token, "{"):
-            return self.body("}", token.line)
-        raise _SyntaxError(
-            f"expected a value, got {self._describe(token)}", token.line, token.column
-        )
-
-    def _list(self, opening: _Token) -> list[HclValue]:
-        values: list[HclValue] = []
-        while True:
-            token = self._peek()
-            if self._is(token, "]"):
-                self._next()
-                return values
-            if token.kind == _EOF:
-                raise _SyntaxError(
-                    f"missing ']' for the list opened on line {opening.line}",
-                    token.line,
-                    token.column,
-                )
-            values.append(self.value())
-            token = self._peek()
-            if self._is(token, ","):
-                self._next()
-            elif not self._is(token, "]"):
-                raise _SyntaxError(
-                    f"expected ',' or ']' in list, got {self._describe(token)}",
-                    token.line,
-                    token.column,
-                )
-
-
-def parse_hcl(text: str, path: Path | str = "<string>") -> Body:
-    """Parse HCL ``text``; raise :class:`SpireConfigError` naming ``path``, line and column."""
-    try:
-        return _Parser(_Lexer(text).tokens()).body(None, 1)
-    except _SyntaxError as exc:
-        raise SpireConfigError(path, f"invalid HCL: {exc.message}", exc.line, exc.column) from None
-
-
-# --- SPIRE's settings ---------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class SpireValue:
-    """A string read from SPIRE's configuration, and where."""
+    """A string read from SPIRE's configuration, and where (``file``: a plugin_data_file)."""
 
     value: str
     line: int
+    file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,55 +89,377 @@ class SpireServerConfig:
 
     def origin(self, value: SpireValue) -> str:
         """``spire_server_config /path line 12``, for messages."""
+        if value.file is not None:
+            return f"plugin_data_file {value.file} line {value.line} (from {self.path})"
         return f"spire_server_config {self.path} line {value.line}"
 
 
-def _string(path: Path, body: Body, name: str, where: str) -> SpireValue | None:
-    attribute = body.attribute(name)
-    if attribute is None or attribute.value is None or attribute.value == "":
-        return None  # SPIRE reads an empty string as unset
-    if not isinstance(attribute.value, str):
-        raise SpireConfigError(path, f"{where}{name} must be a string", attribute.line)
-    if "$" in attribute.value:
-        raise SpireConfigError(
-            path,
-            f"{where}{name} {attribute.value!r} refers to an environment variable "
-            "(spire-server -expandEnv); the daemon does not expand it: set "
-            f"{name} in the daemon's settings instead",
-            attribute.line,
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def _line(node: Node | Item | None) -> int:
+    if isinstance(node, Literal):
+        return node.token.line
+    if isinstance(node, ObjectNode | ListNode):
+        return node.line
+    if isinstance(node, Item):
+        return node.line
+    if isinstance(node, ObjectList) and node.items:
+        return node.items[0].line
+    return 0
+
+
+def _items(node: Node) -> list[Item] | None:
+    if isinstance(node, ObjectNode):
+        return node.body.items
+    if isinstance(node, ObjectList):
+        return node.items
+    return None
+
+
+class _Decoder:
+    """HCL1's decoding into the few shapes SPIRE's structures have, failing where it fails."""
+
+    def __init__(self, path: Path, file: Path | None = None) -> None:
+        self.path = path
+        self.file = file  # values read from a plugin_data_file
+
+    def fail(self, message: str, line: int = 0) -> SpireConfigError:
+        where = f"plugin_data_file {self.file}: " if self.file is not None else ""
+        return SpireConfigError(self.path, where + message, line)
+
+    def struct(self, node: Node, where: str, fields: Mapping[str, Callable[[Node], None]]) -> None:
+        """Decode ``node`` into fields: each gets the items its name matches, ignoring case;
+        items with more keys first (as one list), then each direct match in order."""
+        items = _items(node)
+        if items is None:
+            raise self.fail(f"{where} must be a block (SPIRE does not start)", _line(node))
+        for name, take in fields.items():
+            matched = hcl.filter_items(items, name)
+            nested = [m for m in matched if m.keys]
+            if nested:
+                take(ObjectList(nested))
+            for match in matched:
+                if match.keys or match.value is None:
+                    continue
+                value = match.value
+                take(value.body if isinstance(value, ObjectNode) else value)
+
+    def node(self, kept: Node | None, node: Node, where: str) -> Node:
+        """An ``ast.Node`` field, which SPIRE keeps as it is: the library sets it on the first
+        match and decodes each later one into the node already there, as into a struct. A
+        later match that is not a block fails; one that names a field of that node (``items``
+        of a block, for instance) would change it, which the daemon does not follow."""
+        if kept is None:
+            return node
+        items = _items(node)
+        if items is None:
+            raise self.fail(
+                f"{where} is given again as something else than a block (SPIRE does not start)",
+                _line(node),
+            )
+        inner = {"Items"} if isinstance(kept, ObjectList) else {"List", "Lbrack", "Rbrack"}
+        if isinstance(kept, Literal):
+            inner = {"Token", "LeadComment", "LineComment"}
+        for item in items:
+            if item.keys and any(hcl.fold_equal(item.keys[0].string(), f) for f in inner):
+                raise self.fail(
+                    f"{where} is given again with a key {item.keys[0].text}, which SPIRE would "
+                    "decode into the first one's syntax tree; the daemon does not follow that",
+                    item.line,
+                )
+        return kept
+
+    def string(self, node: Node, where: str) -> SpireValue:
+        if isinstance(node, Literal):
+            token = node.token
+            if token.kind == "NUMBER":
+                return SpireValue(token.text, token.line, self.file)
+            if token.kind in ("STRING", "HEREDOC"):
+                try:
+                    return SpireValue(token.string(), token.line, self.file)
+                except HclError as exc:
+                    raise self.fail(f"{where}: {exc.message}", token.line) from None
+        raise self.fail(f"{where} must be a string (SPIRE does not start)", _line(node))
+
+    def boolean(self, node: Node, where: str) -> bool:
+        if isinstance(node, Literal) and node.token.kind == "BOOL":
+            return node.token.text == "true"
+        raise self.fail(f"{where} must be true or false (SPIRE does not start)", _line(node))
+
+    def strings(self, node: Node, where: str) -> None:
+        """A list of strings, checked for its type only."""
+        if isinstance(node, ListNode):
+            elements: list[Node] = node.items
+        elif isinstance(node, ObjectNode):
+            elements = [node]
+        elif isinstance(node, ObjectList):
+            elements = [ObjectList([i]) for i in node.items]
+        else:
+            raise self.fail(
+                f"{where} must be a list of strings (SPIRE does not start)", _line(node)
+            )
+        for element in elements:
+            self.string(element, where)
+
+    def mapping(
+        self,
+        node: Node | Item,
+        where: str,
+        value: Callable[[Node, Any, str], Any],
+        result: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A map keyed by each item's first key (exactly as written); an item with more keys
+        gathers, under that key, every item whose first key matches it."""
+        if isinstance(node, Item):
+            items: list[Item] | None = [node]
+        else:
+            items = _items(node)
+        if items is None:
+            raise self.fail(f"{where} must be a block (SPIRE does not start)", _line(node))
+        result = {} if result is None else result
+        done: set[str] = set()
+        for item in items:
+            if item.value is None:
+                continue
+            if not item.keys:
+                raise self.fail(f"{where}: a map must have string keys", _line(item))
+            key = item.keys[0].string()
+            if key in done:
+                continue
+            inner: Node = item.value
+            if len(item.keys) > 1:
+                inner = ObjectList(hcl.filter_items(items, key))
+                done.add(key)
+            result[key] = value(inner, result.get(key), f"{where}.{key}")
+        return result
+
+
+# --- SPIRE's sections -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Health:
+    listener_enabled: bool = False
+    bind_address: SpireValue | None = None
+    bind_port: SpireValue | None = None
+    ready_path: SpireValue | None = None
+    live_path: SpireValue | None = None
+    line: int = 0
+
+
+@dataclass
+class _Plugin:
+    """What SPIRE's catalog decodes of each plugin (its types are checked as SPIRE checks them)."""
+
+    data: Node | None = None
+    data_file: SpireValue | None = None
+    enabled: bool | None = None
+    line: int = 0
+
+
+@dataclass
+class _Root:
+    server: bool = False
+    trust_domain: SpireValue | None = None
+    plugins: Node | None = None
+    health: _Health = field(default_factory=_Health)
+
+
+def _decode_root(decoder: _Decoder, root: ObjectList) -> _Root:
+    out = _Root()
+
+    def trust_domain(node: Node) -> None:
+        out.trust_domain = decoder.string(node, "server.trust_domain")
+
+    def server(node: Node) -> None:
+        out.server = True
+        decoder.struct(node, "server", {"trust_domain": trust_domain})
+
+    def plugins(node: Node) -> None:
+        out.plugins = decoder.node(out.plugins, node, "plugins")
+
+    health = out.health
+
+    def health_field(name: str) -> Callable[[Node], None]:
+        def take(node: Node) -> None:
+            if name == "listener_enabled":
+                health.listener_enabled = decoder.boolean(node, f"health_checks.{name}")
+                health.line = _line(node)
+            else:
+                setattr(health, name, decoder.string(node, f"health_checks.{name}"))
+
+        return take
+
+    def health_checks(node: Node) -> None:
+        decoder.struct(
+            node,
+            "health_checks",
+            {
+                name: health_field(name)
+                for name in (
+                    "listener_enabled",
+                    "bind_address",
+                    "bind_port",
+                    "ready_path",
+                    "live_path",
+                )
+            },
         )
-    return SpireValue(attribute.value, attribute.line)
+
+    decoder.struct(
+        root,
+        "the configuration",
+        {"server": server, "plugins": plugins, "health_checks": health_checks},
+    )
+    return out
 
 
-def _one(path: Path, blocks: list[Block], what: str) -> Block | None:
-    if len(blocks) > 1:
-        lines = ", ".join(str(b.line) for b in blocks)
-        raise SpireConfigError(
-            path, f"{what} is defined more than once (lines {lines})", blocks[1].line
+def plugin_names(node: ObjectList) -> list[tuple[str, str, int]]:
+    """Each plugin of a plugins section, named by the first two keys on its path, with its line,
+    in order. SPIRE does not look inside a plugin once it is named."""
+    found: list[tuple[str, str, int]] = []
+
+    def walk(current: Node | None, path: list[str]) -> None:
+        if isinstance(current, ObjectList):
+            for item in current.items:
+                keys = path + [k.string() for k in item.keys]
+                if len(keys) >= 2:
+                    found.append((keys[0], keys[1], item.line))
+                else:
+                    walk(item.value, keys)
+        elif isinstance(current, ObjectNode):
+            walk(current.body, path)
+        elif isinstance(current, ListNode):
+            for element in current.items:
+                walk(element, path)
+
+    walk(node, [])
+    return found
+
+
+def _plugins(decoder: _Decoder, node: ObjectList) -> _Plugin | None:
+    """The ``KeyManager "aws_kms"`` plugin, decoded as SPIRE's catalog decodes every plugin."""
+    seen: dict[tuple[str, str], int] = {}
+    for kind, name, line in plugin_names(node):
+        if (kind, name) in seen:
+            raise decoder.fail(
+                f'plugin "{kind}" "{name}" is declared more than once (lines {seen[kind, name]} '
+                f"and {line}); SPIRE does not start",
+                line,
+            )
+        seen[kind, name] = line
+
+    def plugin(inner: Node, existing: _Plugin | None, where: str) -> _Plugin:
+        record = _Plugin() if existing is None else existing
+        record.line = record.line or _line(inner)
+
+        def data(value: Node) -> None:
+            record.data = decoder.node(record.data, value, f"{where}.plugin_data")
+
+        def data_file(value: Node) -> None:
+            record.data_file = decoder.string(value, f"{where}.plugin_data_file")
+
+        def enabled(value: Node) -> None:
+            record.enabled = decoder.boolean(value, f"{where}.enabled")
+
+        def checked(name: str) -> Callable[[Node], None]:
+            def check(value: Node) -> None:
+                decoder.string(value, f"{where}.{name}")
+
+            return check
+
+        decoder.struct(
+            inner,
+            where,
+            {
+                "plugin_cmd": checked("plugin_cmd"),
+                "plugin_args": lambda v: decoder.strings(v, f"{where}.plugin_args"),
+                "plugin_checksum": checked("plugin_checksum"),
+                "plugin_data": data,
+                "plugin_data_file": data_file,
+                "enabled": enabled,
+            },
         )
-    return blocks[0] if blocks else None
+        return record
+
+    def by_name(inner: Node, existing: dict[str, _Plugin] | None, where: str) -> dict[str, _Plugin]:
+        return decoder.mapping(inner, where, plugin, existing)
+
+    maps = [decoder.mapping(item, "plugins", by_name) for item in node.items]
+    for by_type in maps:
+        found = by_type.get("KeyManager", {}).get("aws_kms")
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return None
 
 
-def _enabled(path: Path, block: Block) -> bool:
-    attribute = block.body.attribute("enabled")
-    if attribute is None or attribute.value is None:
-        return True
-    if not isinstance(attribute.value, bool):
-        raise SpireConfigError(
-            path, 'KeyManager "aws_kms" enabled must be true or false', attribute.line
+@dataclass
+class _AwsKms:
+    region: SpireValue | None = None
+    key_identifier_file: SpireValue | None = None
+    key_identifier_value: SpireValue | None = None
+    discovery: bool | None = None
+
+
+def _aws_kms_data(decoder: _Decoder, text: str, original: ObjectList | None) -> _AwsKms:
+    """Decode the plugin's configuration text as the plugin does (its own HCL decode)."""
+    where = decoder.file or decoder.path
+    try:
+        body = hcl.parse(text, where)
+    except HclError as exc:
+        if original is not None:
+            raise decoder.fail(
+                'KeyManager "aws_kms" plugin_data cannot be read back as SPIRE hands it to the '
+                f"plugin ({exc.message}); SPIRE does not start",
+                _line(original),
+            ) from None
+        raise decoder.fail(exc.message, exc.line) from None
+    out = _AwsKms()
+    lines = [item.line for item in original.items] if original is not None else None
+
+    def placed(value: SpireValue, node: Node) -> SpireValue:
+        """The value's line in the file the operator wrote (plugin_data was printed again)."""
+        if lines is None:
+            return value
+        for index, item in enumerate(body.items):
+            if item.value is node and index < len(lines):
+                return SpireValue(value.value, lines[index], value.file)
+        return SpireValue(value.value, _line(original), value.file)
+
+    def text_field(name: str) -> Callable[[Node], None]:
+        def take(node: Node) -> None:
+            value = decoder.string(node, f'KeyManager "aws_kms" plugin_data: {name}')
+            if hasattr(out, name):
+                setattr(out, name, placed(value, node))
+
+        return take
+
+    def discovery(node: Node) -> None:
+        out.discovery = decoder.boolean(node, 'KeyManager "aws_kms" enable_tag_based_key_discovery')
+
+    def key_tags(node: Node) -> None:
+        decoder.mapping(
+            node,
+            'KeyManager "aws_kms" key_tags',
+            lambda inner, _existing, w: decoder.string(inner, w).value,
         )
-    return attribute.value
 
-
-def _scalar(path: Path, body: Body, name: str, where: str) -> SpireValue | None:
-    """A string or number attribute as text (HCL 1 decodes a number into a string field)."""
-    attribute = body.attribute(name)
-    if attribute is None or attribute.value is None or attribute.value == "":
-        return None
-    value = attribute.value
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise SpireConfigError(path, f"{where}{name} must be a string", attribute.line)
-    return _string(path, Body((Attribute(name, str(value), attribute.line),)), name, where)
+    decoder.struct(
+        body,
+        'KeyManager "aws_kms" plugin_data',
+        {
+            "access_key_id": text_field("access_key_id"),
+            "secret_access_key": text_field("secret_access_key"),
+            "region": text_field("region"),
+            "key_identifier_file": text_field("key_identifier_file"),
+            "key_identifier_value": text_field("key_identifier_value"),
+            "key_policy_file": text_field("key_policy_file"),
+            "key_tags": key_tags,
+            "enable_tag_based_key_discovery": discovery,
+        },
+    )
+    return out
 
 
 def health_live_url(bind_address: str, bind_port: str, live_path: str) -> str:
@@ -565,99 +475,168 @@ def health_live_url(bind_address: str, bind_port: str, live_path: str) -> str:
     return f"http://{host}:{bind_port or '80'}{live_path or '/live'}"
 
 
-def _health(path: Path, root: Body) -> SpireValue | None:
-    block = _one(path, root.blocks("health_checks"), "the health_checks block")
-    if block is None:
+def _health_url(path: Path, health: _Health) -> SpireValue | None:
+    if not health.listener_enabled:
         return None
     where = "health_checks."
-    enabled = block.body.attribute("listener_enabled")
-    if enabled is None or enabled.value is not True:
-        if enabled is not None and not isinstance(enabled.value, bool):
-            raise SpireConfigError(
-                path, f"{where}listener_enabled must be true or false", enabled.line
-            )
-        return None
-    address = _scalar(path, block.body, "bind_address", where)
-    port = _scalar(path, block.body, "bind_port", where)
-    live = _scalar(path, block.body, "live_path", where)
-    if port is not None and not (port.value.isascii() and port.value.isdigit()):
+    port, live = health.bind_port, health.live_path
+    if port is not None and port.value and not (port.value.isascii() and port.value.isdigit()):
         raise SpireConfigError(
             path, f"{where}bind_port {port.value!r} is not a port number", port.line
         )
-    if live is not None and not live.value.startswith("/"):
+    if live is not None and live.value and not live.value.startswith("/"):
         raise SpireConfigError(
             path, f"{where}live_path {live.value!r} must start with /", live.line
         )
     url = health_live_url(
-        address.value if address else "", port.value if port else "", live.value if live else ""
+        health.bind_address.value if health.bind_address else "",
+        port.value if port else "",
+        live.value if live else "",
     )
-    return SpireValue(url, enabled.line)
+    return SpireValue(url, health.line)
 
 
-def read_spire_server_config(path: Path) -> SpireServerConfig:
-    """Read ``server.trust_domain`` and the ``aws_kms`` KeyManager's settings from SPIRE's file.
+def _unset(value: SpireValue | None) -> SpireValue | None:
+    """SPIRE reads an empty string as unset."""
+    return value if value is not None and value.value != "" else None
 
-    Raise :class:`SpireConfigError` when the file cannot be read or parsed, or holds no enabled
-    ``KeyManager "aws_kms"`` (this server then keeps no keys in AWS KMS for the daemon to keep).
+
+def _no_variables(path: Path, value: SpireValue | None, name: str, expand: bool) -> None:
+    if value is None or expand or "$" not in value.value:
+        return
+    raise SpireConfigError(
+        path,
+        f"{name} {value.value!r} refers to an environment variable, which SPIRE expands only "
+        "when spire-server runs with -expandEnv: if it does, set "
+        "spire_server_config_expand_env = true (the daemon then expands it from its own "
+        f"environment); if not, SPIRE uses {value.value!r} as written",
+        value.line,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SpireView:
+    """What SPIRE's loader makes of a configuration text, before the daemon's own rules: the
+    same fields the HCL oracle of tests/test_hcl_oracle.py prints."""
+
+    server: bool
+    trust_domain: SpireValue | None
+    health: _Health
+    plugins: tuple[tuple[str, str], ...]
+    #: None: no ``KeyManager "aws_kms"`` plugin at all
+    key_manager: _Plugin | None
+    data: _AwsKms | None
+    has_data: bool = False
+
+
+def decode_spire_server_config(
+    text: str,
+    path: Path,
+    *,
+    expand_env: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> SpireView:
+    """Decode a server configuration's text as SPIRE's loader does; raise
+    :class:`SpireConfigError` where it fails (SPIRE then does not start)."""
+    if expand_env:
+        text = hcl.expand_env(text, os.environ if environ is None else environ)
+    try:
+        root = hcl.parse(text, path)
+    except HclError as exc:
+        raise SpireConfigError(
+            path, f"{exc.message} (SPIRE does not start)", exc.line, exc.column
+        ) from None
+    decoder = _Decoder(path)
+    found = _decode_root(decoder, root)
+    if found.plugins is None:
+        return SpireView(found.server, found.trust_domain, found.health, (), None, None)
+    if not isinstance(found.plugins, ObjectList):
+        raise decoder.fail(
+            "the plugins section must be a block (SPIRE does not start)", _line(found.plugins)
+        )
+    names = tuple((kind, name) for kind, name, _ in plugin_names(found.plugins))
+    manager = _plugins(decoder, found.plugins)
+    if manager is None:
+        return SpireView(found.server, found.trust_domain, found.health, names, None, None)
+    if manager.data is not None and manager.data_file is not None:
+        raise SpireConfigError(
+            path,
+            'KeyManager "aws_kms" sets both plugin_data and plugin_data_file; SPIRE does not start',
+            manager.data_file.line,
+        )
+    original: ObjectList | None = None
+    data_decoder = decoder
+    if manager.data_file is not None:
+        data_path = Path(manager.data_file.value)
+        if not data_path.is_absolute():
+            raise SpireConfigError(
+                path,
+                f'KeyManager "aws_kms" plugin_data_file {manager.data_file.value!r} is relative '
+                "to spire-server's working directory, which the daemon cannot know: make it "
+                "absolute, or set region and key_identifier_file (or key_identifier_value) in "
+                "the daemon's settings",
+                manager.data_file.line,
+            )
+        try:
+            data_text = data_path.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise SpireConfigError(
+                path,
+                f'KeyManager "aws_kms" plugin_data_file {data_path}: cannot read it: '
+                f"{exc.strerror}",
+                manager.data_file.line,
+            ) from None
+        data_decoder = _Decoder(path, data_path)
+    elif manager.data is not None:
+        original = manager.data if isinstance(manager.data, ObjectList) else None
+        data_text = hcl.render(manager.data)
+    else:
+        data_text = ""
+    data = _aws_kms_data(data_decoder, data_text, original)
+    return SpireView(
+        found.server, found.trust_domain, found.health, names, manager, data, data_text != ""
+    )
+
+
+def read_spire_server_config(
+    path: Path,
+    *,
+    expand_env: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> SpireServerConfig:
+    """Read ``server.trust_domain``, ``health_checks`` and the ``aws_kms`` KeyManager's settings
+    from SPIRE's file, as SPIRE reads them.
+
+    ``expand_env`` expands ``$VAR`` and ``${VAR}`` from ``environ`` (default ``os.environ``)
+    first, as ``spire-server run -expandEnv`` does. Raise :class:`SpireConfigError` when the
+    file cannot be read or parsed, when SPIRE would not start with it, or when it holds no
+    enabled ``KeyManager "aws_kms"`` (this server then keeps no keys in AWS KMS).
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpireConfigError(path, f"cannot read it: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpireConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
-    root = parse_hcl(text, path)
-
-    trust_domain = None
-    server = _one(path, root.blocks("server"), "the server block")
-    if server is not None:
-        trust_domain = _string(path, server.body, "trust_domain", "server.")
-
-    managers = [
-        block
-        for plugins in root.blocks("plugins")
-        for block in plugins.body.blocks("KeyManager")
-        if block.labels[:1] == ("aws_kms",)
-    ]
-    # HCL 1 also reads `KeyManager { aws_kms { ... } }`.
-    managers += [
-        Block("KeyManager", ("aws_kms",), inner.body, inner.line)
-        for plugins in root.blocks("plugins")
-        for block in plugins.body.blocks("KeyManager")
-        if not block.labels
-        for inner in block.body.blocks("aws_kms")
-    ]
-    managers = [m for m in managers if _enabled(path, m)]
-    manager = _one(path, managers, 'KeyManager "aws_kms"')
-    if manager is None:
+    view = decode_spire_server_config(
+        raw.decode("utf-8", "surrogateescape"), path, expand_env=expand_env, environ=environ
+    )
+    trust_domain = _unset(view.trust_domain)
+    _no_variables(path, trust_domain, "server.trust_domain", expand_env)
+    health = _health_url(path, view.health)
+    manager = view.key_manager
+    if manager is None or manager.enabled is False or view.data is None:
         raise SpireConfigError(
             path,
-            'no enabled KeyManager "aws_kms" in the plugins block: this SPIRE server does not '
+            'no enabled KeyManager "aws_kms" in the plugins section: this SPIRE server does not '
             "keep its keys in AWS KMS",
         )
-    if manager.body.attribute("plugin_data_file") is not None:
-        attribute = manager.body.attribute("plugin_data_file")
-        assert attribute is not None
-        raise SpireConfigError(
-            path,
-            'KeyManager "aws_kms" reads its settings from plugin_data_file, which the daemon '
-            "does not follow: set region and key_identifier_file (or key_identifier_value) in "
-            "the daemon's settings",
-            attribute.line,
-        )
-    data = _one(path, manager.body.blocks("plugin_data"), 'KeyManager "aws_kms" plugin_data')
-    where = 'KeyManager "aws_kms" plugin_data: '
-    region = file = value = None
-    discovery: bool | None = None
-    if data is not None:
-        region = _string(path, data.body, "region", where)
-        file = _string(path, data.body, "key_identifier_file", where)
-        value = _string(path, data.body, "key_identifier_value", where)
-        flag = data.body.attribute("enable_tag_based_key_discovery")
-        if flag is not None and isinstance(flag.value, bool):
-            discovery = flag.value
-    return SpireServerConfig(
-        path, trust_domain, region, file, value, discovery, _health(path, root)
-    )
+    data = view.data
+    region = _unset(data.region)
+    file = _unset(data.key_identifier_file)
+    value = _unset(data.key_identifier_value)
+    for name, found_value in (
+        ("region", region),
+        ("key_identifier_file", file),
+        ("key_identifier_value", value),
+    ):
+        _no_variables(path, found_value, f'KeyManager "aws_kms" plugin_data: {name}', expand_env)
+    return SpireServerConfig(path, trust_domain, region, file, value, data.discovery, health)
