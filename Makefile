@@ -41,5 +41,10 @@ fleet: $(STAMP)
 reliability: $(STAMP)
 	$(BIN)/python -m devtools.reliability
 
+## hcl-oracle: server.conf read by the daemon and by SPIRE's HCL library (Go), corpus + 5 random seeds
+.PHONY: hcl-oracle
+hcl-oracle: $(STAMP)
+	$(BIN)/python -m devtools.hcloracle --seeds 5
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
