@@ -72,6 +72,13 @@ def test_access_denied_json_names_action_and_principal() -> None:
     assert "identity-based" in explained
     assert "key policy" in explained
     assert DEFAULT_PRINCIPAL in explained
+    # SPIRE's own advice, word for word, beside ours
+    assert (
+        'tag-based key discovery requires the "tag:GetResources" permission in an identity-based'
+        " IAM policy (it cannot be granted through the KMS key policy)"
+    ) in explained
+    assert "grant the permission or disable enable_tag_based_key_discovery" in explained
+    assert explained.endswith(f"AccessDeniedException: {message}")
 
 
 def test_access_denied_on_a_kms_action_with_a_role_principal() -> None:

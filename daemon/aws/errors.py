@@ -67,8 +67,11 @@ class AccessDenied(AwsError):
             return (
                 'tag-based key discovery requires the "tag:GetResources" permission in an '
                 "identity-based IAM policy (it cannot be granted through the KMS key policy); "
-                f'attach an IAM policy allowing tag:GetResources on Resource "*" to {who}: '
-                f"{self.code}: {self.message}"
+                f'attach an IAM policy allowing tag:GetResources on Resource "*" to {who}. '
+                "SPIRE's own plugin says the same of its role: grant the permission or disable "
+                "enable_tag_based_key_discovery (turning it off on the SPIRE side only spares "
+                "SPIRE the permission: this daemon finds SPIRE's keys by their tags and always "
+                f"needs it): {self.code}: {self.message}"
             )
         return (
             f'{self.operation} was denied: grant "{self.action}" to {who} in its IAM policy '
