@@ -28,7 +28,7 @@ from daemon.jobs import (
     summary_fields,
 )
 from daemon.liveness import probe_for
-from daemon.model import Job, KeyVerdict, Outcome, RunReport, Verdict
+from daemon.model import Finding, Job, KeyVerdict, Outcome, RunReport, Verdict
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
 from daemon.plan import check_clock, plan_reclaim, plan_refresh
 from daemon.runtime import StartupError, serve
@@ -264,11 +264,9 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
                         f"spire-kms-reconciler: warning: {skewed}; verdicts use AWS's clock",
                         file=sys.stderr,
                     )
-                legacy = (
-                    await scan_own_aliases(api, settings.trust_domain, server_id)
-                    if settings.refresh.migrate_legacy_aliases
-                    else ()
-                )
+                # Every alias of this server, whatever migrate_legacy_aliases says: an alias
+                # that resolves to a key that is not Enabled stops SPIRE from starting.
+                legacy = await scan_own_aliases(api, settings.trust_domain, server_id)
                 own = await observe_refresh(api, settings.trust_domain, server_id, legacy)
     except AccessDenied as exc:
         print(f"spire-kms-reconciler: {exc.explain()}", file=sys.stderr)
@@ -277,10 +275,10 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.FAILURES
     now = snapshot.aws_time or snapshot.local_time or datetime.now(UTC)
-    verdicts = merge_verdicts(
-        plan_reclaim(snapshot, policy).verdicts,
-        plan_refresh(own.snapshot, now, refresh_policy(settings)).verdicts,
-    )
+    reclaim_plan = plan_reclaim(snapshot, policy)
+    refresh_plan = plan_refresh(own.snapshot, now, refresh_policy(settings))
+    verdicts = merge_verdicts(reclaim_plan.verdicts, refresh_plan.verdicts)
+    findings = _unique_findings(refresh_plan.findings + reclaim_plan.findings)
     errors = observed.errors + own.errors
     rows = [
         {
@@ -293,6 +291,9 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
             "this_server": v.server_id == server_id,
             "verdict": v.verdict.value,
             "reason": v.reason,
+            "findings": [
+                {"anomaly": f.anomaly.value, "detail": f.detail} for f in findings if f.arn == v.arn
+            ],
         }
         for v in sorted(verdicts, key=lambda v: (v.server_id or "", v.spire_key_id or "", v.arn))
     ]
@@ -301,9 +302,16 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
         out.write("\n")
     else:
         print_keys_table(rows, out)
+        for finding in findings:
+            print(f"finding  {finding.anomaly.value}  {finding.arn}  ({finding.detail})", file=out)
     for err in errors:
         print(f"spire-kms-reconciler: read error: {err}", file=sys.stderr)
     return Exit.FAILURES if errors else Exit.OK
+
+
+def _unique_findings(findings: Sequence[Finding]) -> list[Finding]:
+    """Each finding once (both planners may see the same key), in the order first seen."""
+    return list(dict.fromkeys(findings))
 
 
 def merge_verdicts(

@@ -79,6 +79,8 @@ class Anomaly(StrEnum):
     INACTIVE_UNMARKED = "inactive_unmarked"  # spire-active=false not written by the daemon
     TAGS_CHANGED = "tags_changed"  # KMS's tags differ from the tagging index's: kept this run
     ALIAS_POINTS_ELSEWHERE = "alias_points_elsewhere"  # this server's alias, another's key
+    #: This server's alias resolves to a key that is not Enabled: SPIRE's start fails on it.
+    ALIAS_TO_DISABLED_KEY = "alias_to_disabled_key"
 
 
 class Refusal(StrEnum):

@@ -495,6 +495,39 @@ def test_keys_json_is_valid_json_on_stdout(aws: Emulator, proxy: FaultProxy, cli
     assert mutations(proxy) == NO_MUTATIONS
 
 
+def test_keys_shows_an_alias_that_would_stop_spire_from_starting(
+    aws: Emulator, proxy: FaultProxy, cli: Cli
+) -> None:
+    # This server was reclaimed while it was away: its key is pending deletion and marked
+    # inactive, and its alias (never deleted by the daemon) still resolves to it. SPIRE's start
+    # fails on such an alias with "found disabled SPIRE key" (docs/operations.md).
+    old = datetime.now(UTC) - timedelta(days=120)
+    pending = aws.spire_key(
+        trust_domain=TD,
+        server_id=SERVER,
+        key_id="x509-CA-A",
+        last_update=ago(20 * DAY),
+        active="false",
+        created_at=old,
+    )
+    aws.backend.schedule_key_deletion(key_id_of(pending), 7)
+
+    for output in ("json", "table"):
+        code = cli("keys", "--output", output)
+        assert code == 0, cli.out + cli.err
+        if output == "json":
+            (row,) = [r for r in json.loads(cli.out) if r["key_arn"] == pending]
+            assert row["key_state"] == "PendingDeletion"
+            (finding,) = row["findings"]
+            assert finding["anomaly"] == "alias_to_disabled_key"
+            assert spire.alias_name(TD, SERVER, "x509-CA-A") in finding["detail"]
+            assert "found disabled SPIRE key" in finding["detail"]
+        else:
+            (line,) = [x for x in cli.out.splitlines() if x.startswith("finding")]
+            assert "alias_to_disabled_key" in line and pending in line
+    assert mutations(proxy) == NO_MUTATIONS
+
+
 def test_log_events_go_to_stderr_not_stdout(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
     seed_world(aws)
 

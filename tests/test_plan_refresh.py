@@ -412,7 +412,7 @@ def test_disabled_alias_target_falls_back_to_newest_enabled_tagged_key() -> None
     assert kinds(plan) == [ActionKind.STAMP]
     assert plan.actions[0].arn == older.arn
     assert actions_of(plan, ActionKind.REFRESH_ALIAS) == []  # never repointed either
-    assert Anomaly.NOT_ENABLED in anomalies(plan, target.arn)
+    assert Anomaly.ALIAS_TO_DISABLED_KEY in anomalies(plan, target.arn)
     assert verdict_of(plan, older.arn) is Verdict.SERVING
 
 
@@ -420,7 +420,9 @@ def test_disabled_legacy_alias_target_not_migrated() -> None:
     legacy = make_meta(9, state=KEY_STATE_DISABLED)
     plan = refresh(aliases=(make_alias_target(ACME, legacy),))
     assert plan.actions == ()
-    assert Anomaly.NOT_ENABLED in anomalies(plan, legacy.arn)
+    assert Anomaly.ALIAS_TO_DISABLED_KEY in anomalies(plan, legacy.arn)
+    (finding,) = [f for f in plan.findings if f.arn == legacy.arn]
+    assert "found disabled SPIRE key" in finding.detail
 
 
 def test_missing_alias_falls_back_to_newest() -> None:

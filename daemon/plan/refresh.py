@@ -267,9 +267,11 @@ def plan_refresh(snapshot: RefreshSnapshot, now: datetime, policy: RefreshPolicy
         if alias is not None and alias.target is not None and not alias.target.enabled:
             out.findings.append(
                 Finding(
-                    Anomaly.NOT_ENABLED,
+                    Anomaly.ALIAS_TO_DISABLED_KEY,
                     alias.target.arn,
-                    f"alias {alias.alias_name} points to a key in state {alias.target.state}",
+                    f"alias {alias.alias_name} points to a key in state {alias.target.state}:"
+                    ' SPIRE fails to start with "found disabled SPIRE key" until the key is'
+                    " restored or the alias deleted (docs/operations.md)",
                 )
             )
         serving_arn = serving_meta.arn if serving_meta is not None else None
