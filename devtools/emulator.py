@@ -22,7 +22,10 @@ Facts this module relies on (moto 5.2.5, checked by ``tests/test_emulator.py``):
 Patched here so that the emulator pages as AWS does (counting calls on it would otherwise
 understate what an account-wide scan costs): GetResources pages hold ResourcesPerPage resources
 (:func:`_pages_by_resources_per_page`), and ListAliases / ListKeys honour ``Limit`` and
-``Marker`` (:func:`_pages_kms_lists`).
+``Marker`` (:func:`_pages_kms_lists`); Sign honours ``MessageType=DIGEST`` (:func:`_signs_digests`:
+moto hashes the digest again, and a real SPIRE server then cannot make its CA); CreateKey without
+``MultiRegion`` makes a single-Region key (:func:`_multi_region_defaults_to_false`: moto answers
+``null``). With these a real spire-server runs against the emulator (tests/test_interop.py).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from moto.core.base_backend import AccountSpecificBackend
 from moto.core.exceptions import JsonRESTError
 from moto.kms.exceptions import ValidationException
@@ -195,6 +201,90 @@ def _after(marker: Any, shape: re.Pattern[str]) -> str | None:
 
 
 _pages_kms_lists()
+
+
+_DIGEST_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+}
+
+
+def _signs_digests() -> None:
+    """Make Sign honour ``MessageType=DIGEST``, as AWS documents.
+
+    moto ignores ``MessageType`` and hashes the message again, so a signature over a digest is a
+    signature over the digest's digest. SPIRE signs digests (Go's crypto.Signer), and Go's
+    x509.CreateCertificate verifies the signature it gets back: against moto, SPIRE cannot make
+    its CA. Here a DIGEST message is signed as it is, prehashed with the algorithm's hash; its
+    length must be that hash's (``ValidationException`` otherwise, as on AWS); RSASSA-PSS uses a
+    salt as long as the digest, as KMS does. RAW messages go to moto's handler unchanged.
+    """
+    moto_sign = KmsResponse.sign
+
+    def sign(self: KmsResponse) -> str:
+        if self._get_param("MessageType") != "DIGEST":
+            return str(moto_sign(self))
+        key_id = self._get_param("KeyId")
+        self._validate_key_id(key_id)
+        digest = self._get_param("Message") or b""
+        algorithm = str(self._get_param("SigningAlgorithm") or "")
+        key = self.kms_backend.describe_key(key_id)
+        if key.key_usage != "SIGN_VERIFY" or algorithm not in key.signing_algorithms:
+            return str(moto_sign(self))  # moto's own validation errors
+        hash_type = _DIGEST_HASHES[algorithm.rsplit("_", 1)[1]]
+        if len(digest) != hash_type.digest_size:
+            raise ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
+        prehashed = asym_utils.Prehashed(hash_type())
+        private = key.private_key.private_key
+        if algorithm.startswith("ECDSA"):
+            signature = private.sign(digest, ec.ECDSA(prehashed))
+        elif algorithm.startswith("RSASSA_PSS"):
+            pss = padding.PSS(mgf=padding.MGF1(hash_type()), salt_length=hash_type.digest_size)
+            signature = private.sign(digest, pss, prehashed)
+        else:
+            signature = private.sign(digest, padding.PKCS1v15(), prehashed)
+        return json.dumps(
+            {
+                "KeyId": key.arn,
+                "Signature": base64.b64encode(signature).decode(),
+                "SigningAlgorithm": algorithm,
+            }
+        )
+
+    KmsResponse.sign = sign  # type: ignore[method-assign]
+
+
+_signs_digests()
+
+
+def _multi_region_defaults_to_false() -> None:
+    """Make a CreateKey without ``MultiRegion`` make a single-Region key, as AWS does.
+
+    moto's handler passes the absent parameter on as None, and DescribeKey then answers
+    ``"MultiRegion": null``: a key whose shape is unknown, which the daemon never treats as
+    SPIRE's. The Go SDK (a real SPIRE server) leaves the parameter out.
+    """
+    moto_create = KmsBackend.create_key
+
+    def create_key(
+        self: KmsBackend,
+        policy: str | None,
+        key_usage: str,
+        key_spec: str,
+        description: str,
+        tags: list[dict[str, str]] | None,
+        multi_region: bool | None = False,
+        origin: str = "AWS_KMS",
+    ) -> Key:
+        return moto_create(
+            self, policy, key_usage, key_spec, description, tags, bool(multi_region), origin
+        )
+
+    KmsBackend.create_key = create_key  # type: ignore[method-assign]
+
+
+_multi_region_defaults_to_false()
 
 
 def free_port() -> int:

@@ -303,6 +303,9 @@ class Exchange:
     answered_by: str = ""  # "emulator", "proxy", or "" when the connection was dropped
     at: float = 0.0  # when it arrived (time.time())
     done: bool = False  # answered or dropped: the proxy is finished with it
+    #: The client's User-Agent: which of several actors on one account sent it (aws-sdk-go for
+    #: a real SPIRE server, Botocore for the daemon).
+    agent: str = ""
 
     @property
     def effective(self) -> bool:
@@ -846,6 +849,7 @@ class FaultProxy:
         operation = _operation(target)
         exchange = Exchange(0, operation, target, parsed, _named_keys(operation, parsed))
         exchange.at = time.time()
+        exchange.agent = request.headers.get("User-Agent", "")
         with self._lock:
             if target:
                 self._counts[target] += 1

@@ -17,6 +17,9 @@ import aioboto3
 import pytest
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import utils as asym_utils
 from moto.kms.responses import KmsResponse
 from moto.kms.utils import RESERVED_ALIASE_TARGET_KEY_IDS
 
@@ -478,3 +481,70 @@ def test_kms_list_paging_patch_is_idempotent() -> None:
     _pages_kms_lists()
     assert (KmsResponse.list_aliases, KmsResponse.list_keys) == patched
     assert all(getattr(method, "_pages_like_aws", False) for method in patched)
+
+
+# ------------------------------------------------------------------ what a real SPIRE server needs
+
+
+@pytest.mark.parametrize(
+    ("key_spec", "algorithm"),
+    [
+        ("ECC_NIST_P256", "ECDSA_SHA_256"),
+        ("ECC_NIST_P384", "ECDSA_SHA_384"),
+        ("RSA_2048", "RSASSA_PKCS1_V1_5_SHA_256"),
+        ("RSA_2048", "RSASSA_PSS_SHA_256"),
+        ("RSA_4096", "RSASSA_PKCS1_V1_5_SHA_512"),
+    ],
+)
+async def test_sign_with_message_type_digest_signs_the_digest(
+    aws: Emulator, clients: Clients, key_spec: str, algorithm: str
+) -> None:
+    # SPIRE signs digests (Go's crypto.Signer) and Go's x509.CreateCertificate checks the
+    # signature it gets: a signature over the digest's digest (moto's own) fails it.
+    created = await clients.kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec=key_spec)
+    key_id = created["KeyMetadata"]["KeyId"]
+    hash_type = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[algorithm[-3:]]
+    digester = hashes.Hash(hash_type())
+    digester.update(b"to be signed")
+    digest = digester.finalize()
+
+    signed = await clients.kms.sign(
+        KeyId=key_id, Message=digest, MessageType="DIGEST", SigningAlgorithm=algorithm
+    )
+
+    der = (await clients.kms.get_public_key(KeyId=key_id))["PublicKey"]
+    public = serialization.load_der_public_key(der)
+    prehashed = asym_utils.Prehashed(hash_type())
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(signed["Signature"], digest, ec.ECDSA(prehashed))
+    else:
+        assert isinstance(public, rsa.RSAPublicKey)
+        pad: padding.AsymmetricPadding = (
+            padding.PSS(mgf=padding.MGF1(hash_type()), salt_length=hash_type.digest_size)
+            if "PSS" in algorithm
+            else padding.PKCS1v15()
+        )
+        public.verify(signed["Signature"], digest, pad, prehashed)
+    # RAW messages are hashed, as before
+    raw = await clients.kms.sign(KeyId=key_id, Message=b"to be signed", SigningAlgorithm=algorithm)
+    assert raw["Signature"]
+
+
+async def test_sign_refuses_a_digest_of_the_wrong_length(aws: Emulator, clients: Clients) -> None:
+    created = await clients.kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+    with pytest.raises(ClientError) as caught:
+        await clients.kms.sign(
+            KeyId=created["KeyMetadata"]["KeyId"],
+            Message=b"x" * 20,
+            MessageType="DIGEST",
+            SigningAlgorithm="ECDSA_SHA_256",
+        )
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+
+
+async def test_create_key_without_multi_region_makes_a_single_region_key(
+    aws: Emulator, clients: Clients
+) -> None:
+    created = await clients.kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+    described = await clients.kms.describe_key(KeyId=created["KeyMetadata"]["KeyId"])
+    assert described["KeyMetadata"]["MultiRegion"] is False
