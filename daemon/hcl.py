@@ -257,6 +257,25 @@ class _Reader:
 
     # number parts, shared by both scanners: where the library stops and what it swallows
 
+    def _escape(self) -> None:
+        """A backslash escape inside a string, as both of the library's scanners read it."""
+        ch = self.next()
+        if ch != _EOF and ch in 'abfnrtv\\"':
+            return
+        if "0" <= ch <= "7":
+            self._digits(ch, 8, 3)
+        elif ch == "x":
+            self._digits(self.next(), 16, 2)
+        elif ch == "u":
+            self._digits(self.next(), 16, 4)
+        elif ch == "U":
+            self._digits(self.next(), 16, 8)
+        else:
+            raise self.error("illegal char escape")
+
+    def _digits(self, ch: str, base: int, n: int) -> None:
+        raise NotImplementedError  # each scanner ends an escape's digits its own way
+
     def _mantissa(self, ch: str, *, peeked: bool = False) -> str:
         """Read decimal digits from ``ch`` on; return the first other character, put back."""
         if peeked:
@@ -416,21 +435,6 @@ class _HclScanner(_Reader):
                 braces -= 1
             if ch == "\\":
                 self._escape()
-
-    def _escape(self) -> None:
-        ch = self.next()
-        if ch != _EOF and ch in 'abfnrtv\\"':
-            return
-        if "0" <= ch <= "7":
-            self._digits(ch, 8, 3)
-        elif ch == "x":
-            self._digits(self.next(), 16, 2)
-        elif ch == "u":
-            self._digits(self.next(), 16, 4)
-        elif ch == "U":
-            self._digits(self.next(), 16, 8)
-        else:
-            raise self.error("illegal char escape")
 
     def _digits(self, ch: str, base: int, n: int) -> None:
         start = n
@@ -875,21 +879,6 @@ class _JsonScanner(_Reader):
                 braces -= 1
             if ch == "\\":
                 self._escape()
-
-    def _escape(self) -> None:
-        ch = self.next()
-        if ch != _EOF and ch in 'abfnrtv\\"':
-            return
-        if "0" <= ch <= "7":
-            self._digits(ch, 8, 3)
-        elif ch == "x":
-            self._digits(self.next(), 16, 2)
-        elif ch == "u":
-            self._digits(self.next(), 16, 4)
-        elif ch == "U":
-            self._digits(self.next(), 16, 8)
-        else:
-            raise self.error("illegal char escape")
 
     def _digits(self, ch: str, base: int, n: int) -> None:
         while n > 0 and _digit_value(ch) < base:
