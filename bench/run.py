@@ -714,9 +714,10 @@ def in_worker(kind: str, endpoint: str, timeout: float = 900, **params: Any) -> 
 
 
 def refresh_bound(own_keys: int, superseded: int = 0) -> int:
-    """1 + ceil(k/20) + 2k (+1 per superseded key): GetResources, TagResources, DescribeKey on
-    each alias name, UpdateAlias."""
-    return 1 + math.ceil(own_keys / TAG_BATCH) + 2 * own_keys + superseded
+    """1 + ceil(k/20) + 3k (+1 per superseded key): GetResources, TagResources, DescribeKey on
+    each alias name, again right before its UpdateAlias (a rotation since the first read leaves
+    the alias alone), UpdateAlias."""
+    return 1 + math.ceil(own_keys / TAG_BATCH) + 3 * own_keys + superseded
 
 
 def reclaim_bound(td_keys: int, stale: int, inactive: int, servers: int = 0) -> int:

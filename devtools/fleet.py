@@ -1021,7 +1021,8 @@ class DaemonProcess:
 
 def refresh_bound(report: RunReport, log: RunLog, kids: int, account_aliases: int) -> int:
     """bench/README.md's refresh bound: ceil(L/100) GetResources pages over this server's tagged
-    keys, per SPIRE key ID k one DescribeKey on its alias name, one UpdateAlias and, for a legacy
+    keys, per SPIRE key ID k one DescribeKey on its alias name, another right before its
+    UpdateAlias, one UpdateAlias and, for a legacy
     key, one migration (TagResource), ceil(k/20) TagResources for the stamps, one DescribeKey per
     tagged key no alias resolves to (superseded), ceil(k/100) GetResources by ARN for alias
     targets outside the tagged keys, and the account-wide scan's pages when it is due.
@@ -1036,7 +1037,7 @@ def refresh_bound(report: RunReport, log: RunLog, kids: int, account_aliases: in
     scan = math.ceil(max(1, account_aliases) / 100) if report.aws_calls.get("ListAliases") else 0
     return (
         max(1, math.ceil(listed / 100))
-        + 3 * kids
+        + 4 * kids
         + math.ceil(kids / 20)
         + superseded
         + math.ceil(kids / 100)

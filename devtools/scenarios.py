@@ -133,7 +133,23 @@ class Run:
         return self.code == -9
 
 
-def _toml(value: Any) -> str:
+def run_in_process(argv: Sequence[str]) -> Run:
+    """``spire-kms-reconciler <argv>`` in this process (``daemon.cli.main``), its output kept
+    and the root logger as it was before."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(list(argv))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return Run(int(code), out.getvalue(), err.getvalue())
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for a settings value."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -186,15 +202,15 @@ class Harness:
         }
         aws_settings.update(aws or {})
         lines = [
-            f"trust_domain = {_toml(TD)}",
-            f"region = {_toml(REGION)}",
-            f"key_identifier_value = {_toml(server_id)}",
-            f"spire_health_url = {_toml(self.spire.url)}",
-            *(f"{k} = {_toml(v)}" for k, v in (top or {}).items()),
+            f"trust_domain = {toml_value(TD)}",
+            f"region = {toml_value(REGION)}",
+            f"key_identifier_value = {toml_value(server_id)}",
+            f"spire_health_url = {toml_value(self.spire.url)}",
+            *(f"{k} = {toml_value(v)}" for k, v in (top or {}).items()),
             "[reclaim]",
-            *(f"{k} = {_toml(v)}" for k, v in reclaim_settings.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in reclaim_settings.items()),
             "[aws]",
-            *(f"{k} = {_toml(v)}" for k, v in aws_settings.items()),
+            *(f"{k} = {toml_value(v)}" for k, v in aws_settings.items()),
             "[log]",
             'format = "json"',
             'level = "info"',
@@ -205,17 +221,7 @@ class Harness:
 
     def once(self, *args: str, server_id: str = SERVER, **settings: Any) -> Run:
         """Run ``spire-kms-reconciler <args>`` in this process (``daemon.cli.main``)."""
-        config = self.config(server_id, **settings)
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = cli_main([*args, "--config", str(config)])
-        finally:
-            root.handlers[:] = handlers
-            root.setLevel(level)
-        return Run(int(code), out.getvalue(), err.getvalue())
+        return run_in_process([*args, "--config", str(self.config(server_id, **settings))])
 
     def subprocess_env(self) -> dict[str, str]:
         """The environment of a daemon subprocess: AWS pointed at the emulator, nothing else."""
@@ -1397,10 +1403,12 @@ def lost_answers(h: Harness, *, rate: float = 0.5, seed: int = 3, max_runs: int 
 # ------------------------------------------------------------------ a replica rotates an alias
 
 
-def replica_rotates_alias(h: Harness, before: str = "TagResources") -> Outcome:
+def replica_rotates_alias(h: Harness, before: str = "TagResources", nth: int = 1) -> Outcome:
     """A replica of this server (same server ID) points x509-CA-A's alias at its new key while
-    the daemon's refresh run is under way, just before the daemon's first ``before`` call: the
-    alias must keep pointing at the new key (SPEC B.1.5: never reverted)."""
+    the daemon's refresh run is under way, just before the daemon's ``nth`` ``before`` call
+    (for DescribeKey and UpdateAlias: the ``nth`` on that alias; the second DescribeKey is the
+    re-read right before its UpdateAlias): the alias must keep pointing at the new key (never
+    reverted)."""
     h.fresh()
     world = seed_fleet(h)
     s = Seeder(h)
@@ -1412,15 +1420,23 @@ def replica_rotates_alias(h: Harness, before: str = "TagResources") -> Outcome:
     world.snapshot(h.emulator)
 
     rotated_at: list[int] = []
+    seen: list[int] = []
 
-    def rotate(_: dict[str, Any]) -> None:
+    def rotate(body: dict[str, Any]) -> None:
+        if before == "DescribeKey" and body.get("KeyId") != alias:
+            return
+        if before == "UpdateAlias" and body.get("AliasName") != alias:
+            return
+        seen.append(1)
+        if len(seen) != nth:
+            return
         # Requests recorded so far came before the rotation: the daemon's own keep-alive of the
         # alias among them. From here on the alias belongs to the new key.
         rotated_at.append(len(h.proxy.exchanges()))
         world.aliases[alias] = new
         h.emulator.backend.update_alias(key_id_of(arn), alias)  # moto: (target, alias name)
 
-    h.proxy.before(before, rotate, times=1)
+    h.proxy.before(before, rotate)
     outcome = Outcome(
         "a replica rotates an alias mid-run",
         faults="UpdateAlias by a replica between the daemon's observation and its alias refresh",

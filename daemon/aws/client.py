@@ -96,14 +96,16 @@ class AwsApi:
         self.write_gate: Callable[[], str | None] = _no_gate
 
     async def _call(
-        self, client: Any, operation: str, *, cost: int = 1, **params: Any
+        self, client: Any, operation: str, *, cost: int = 1, paid: bool = False, **params: Any
     ) -> dict[str, Any]:
-        """Make one call; ``cost`` is what it takes from its operation's rate limit."""
+        """Make one call; ``cost`` is what it takes from its operation's rate limit (``paid``:
+        taken already)."""
         limiter = self._limits.get(operation)
         if limiter is not None:
             self._refuse_if_stopping(operation)
-            await limiter.acquire(cost)
-            self._refuse_if_stopping(operation)  # the stop may have come while it waited
+            if not paid:
+                await limiter.acquire(cost)
+                self._refuse_if_stopping(operation)  # the stop may have come while it waited
         method = getattr(client, _snake(operation))
         async with self._slots:
             try:
@@ -303,6 +305,31 @@ class AwsApi:
     async def update_alias(self, alias_name: str, target_key_id: str) -> None:
         """Point an alias at a key; to the same target, this bumps its LastUpdatedDate."""
         await self._call(self._kms, "UpdateAlias", AliasName=alias_name, TargetKeyId=target_key_id)
+
+    async def refresh_alias(self, alias_name: str, key_arn: str, key_id: str) -> str | None:
+        """UpdateAlias to the same target, if the alias still resolves to ``key_arn``.
+
+        UpdateAlias has no condition, so the alias is read again right before the write (as
+        SPIRE's own alias refresh does): a rotation since the caller read it is left alone. The
+        write's rate-limit token is taken before the read, so that nothing waits between the
+        two. Returns None when refreshed, else the ARN the alias resolves to now ("" when the
+        alias no longer exists).
+        """
+        limiter = self._limits.get("UpdateAlias")
+        if limiter is not None:
+            self._refuse_if_stopping("UpdateAlias")
+            await limiter.acquire(1)
+            self._refuse_if_stopping("UpdateAlias")
+        try:
+            current = await self.describe_key(alias_name)
+        except NotFound:
+            return ""
+        if current.arn != key_arn:
+            return current.arn
+        await self._call(
+            self._kms, "UpdateAlias", paid=True, AliasName=alias_name, TargetKeyId=key_id
+        )
+        return None
 
     async def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None:
         """Schedule a key's deletion after ``pending_window_days`` (7-30)."""
