@@ -46,5 +46,10 @@ reliability: $(STAMP)
 hcl-oracle: $(STAMP)
 	$(BIN)/python -m devtools.hcloracle --seeds 5
 
+## interop: real spire-server (built from SPIRE's Go module into .cache/spire/) beside the daemon, as a table
+.PHONY: interop
+interop: $(STAMP)
+	$(BIN)/python -m devtools.interop
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
