@@ -77,11 +77,19 @@ def test_every_defect_has_its_invariant() -> None:
     assert set(BROKEN) == set(DEFECTS)
 
 
+#: Worlds tried in turn until one meets the defect: whether a seeded world happens to hit a race
+#: (a stale index read just after a stamp) moves with every call the daemon makes.
+DEFECT_SEEDS = ("1", "2", "4")
+
+
 @pytest.mark.parametrize("defect", sorted(BROKEN))
 def test_a_defect_put_back_breaks_its_invariant(defect: str) -> None:
-    status, figures = fleet("--defect", defect, "--fail-fast")
+    for seed in DEFECT_SEEDS:
+        status, figures = fleet("--defect", defect, "--fail-fast", "--seed", seed)
+        if figures["violations"]:
+            break
+    assert figures["violations"], f"the simulation missed the defect (seeds {DEFECT_SEEDS})"
     assert status == 1
-    assert figures["violations"], "the simulation missed the defect"
     assert BROKEN[defect] in figures["violations"][0], figures["violations"][0]
 
 
