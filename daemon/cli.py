@@ -159,7 +159,7 @@ async def aws_session(settings: Settings) -> AsyncIterator[AwsApi]:
     except Exception as exc:
         if type(exc).__name__ == "NoRegionError":
             raise ConfigProblem(
-                "no AWS region: set region in the settings, or AWS_DEFAULT_REGION"
+                "no AWS region: set region in the settings, or AWS_REGION or AWS_DEFAULT_REGION"
             ) from None
         raise
 

@@ -526,7 +526,8 @@ class AwsSettings(BaseModel):
 
 # --- the whole ----------------------------------------------------------------------------------
 
-_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+#: AWS region names: a partition prefix of 2 to 4 letters (us, cn, eusc...), words, a number.
+_REGION_RE = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}")
 _HEALTH_URL_RE = re.compile(r"https?://[^\s/?#@]+(?:/\S*)?")
 _HEALTH_TIMEOUT_CEILING = timedelta(seconds=5)
 _ASSUME_AND_URL = (
@@ -558,8 +559,8 @@ class Settings(BaseSettings):
     )
     region: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,
-        description="AWS region of the keys (e.g. us-east-1); unset: AWS_DEFAULT_REGION or the "
-        "profile's region.",
+        description="AWS region of the keys (e.g. us-east-1); unset: AWS_REGION, then "
+        "AWS_DEFAULT_REGION, then the profile's region (the order of the Go SDK SPIRE uses).",
     )
     key_identifier_file: Annotated[Path | None, BeforeValidator(_none_if_empty)] = Field(
         default=None,

@@ -574,3 +574,32 @@ async def test_stamp_report_says_which_keys_failed_when_a_later_batch_fails(
         if r.action.kind.value == "stamp" and r.outcome is Outcome.FAILURE
     }
     assert failed == set(arns) - stamped
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AWS_REGION": "eu-west-1"}, "eu-west-1"),  # only AWS_REGION, as SPIRE's env file may set
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"}, "eu-west-1"),  # Go's order
+        ({"AWS_DEFAULT_REGION": "us-west-2"}, "us-west-2"),
+        ({"AWS_REGION": "", "AWS_DEFAULT_REGION": "us-west-2"}, "us-west-2"),
+    ],
+)
+async def test_the_region_comes_from_aws_region_then_aws_default_region(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    async with open_aws(options(proxy, region=None)) as api:
+        assert api.region == expected
+        assert await api.get_resources({spire.TAG_TRUST_DOMAIN: [TD]}) == []
+
+
+async def test_the_region_setting_wins_over_the_environment(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    async with open_aws(options(proxy, region="us-east-1")) as api:
+        assert api.region == "us-east-1"

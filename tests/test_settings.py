@@ -411,12 +411,24 @@ def test_missing_trust_domain() -> None:
     assert f"{P}TRUST_DOMAIN" in problem
 
 
-@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "us-gov-west-1", "ap-southeast-5"])
+@pytest.mark.parametrize(
+    "region",
+    [
+        "us-east-1",
+        "eu-central-1",
+        "us-gov-west-1",
+        "ap-southeast-5",
+        "eusc-de-east-1",
+        "cn-north-1",
+    ],
+)
 def test_good_region(region: str) -> None:
     assert load_settings(None, env={**MINIMAL_ENV, f"{P}REGION": region}).region == region
 
 
-@pytest.mark.parametrize("region", ["US-EAST-1", "useast1", "us-east", "us_east_1"])
+@pytest.mark.parametrize(
+    "region", ["US-EAST-1", "useast1", "us-east", "us_east_1", "abcde-east-1", "u-east-1"]
+)
 def test_bad_region(region: str) -> None:
     assert one_problem(None, {**MINIMAL_ENV, f"{P}REGION": region}).startswith("region: ")
 

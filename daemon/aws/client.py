@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -423,7 +424,10 @@ def release_endpoint_table(session: aioboto3.Session) -> None:
 @asynccontextmanager
 async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> AsyncIterator[AwsApi]:
     """Build KMS and tagging clients from the standard AWS configuration chain."""
-    session = aioboto3.Session(region_name=options.region) if options.region else aioboto3.Session()
+    # botocore reads AWS_DEFAULT_REGION only; the Go SDK SPIRE uses reads AWS_REGION first, and
+    # an environment file shared with SPIRE may set only that one.
+    region = options.region or os.environ.get("AWS_REGION") or None
+    session = aioboto3.Session(region_name=region) if region else aioboto3.Session()
     config = client_config(options)
     extra: dict[str, Any] = {"config": config}
     if options.endpoint_url:
