@@ -1,0 +1,263 @@
+"""The library's JSON scanner and parser, and its flattening of nested objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from daemon.hcl.nodes import (
+    MAX_DEPTH,
+    HclError,
+    Item,
+    ListNode,
+    Literal,
+    Node,
+    ObjectList,
+    ObjectNode,
+    Token,
+    _End,
+    _Fatal,
+    _Text,
+)
+from daemon.hcl.scanner import _Reader, _Tok
+from daemon.hcl.strings import _EOF, _WHITESPACE, _decimal, _digit, _digit_value, _letter
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+_JSON_PUNCTUATION = {
+    "[": "LBRACK",
+    "]": "RBRACK",
+    "{": "LBRACE",
+    "}": "RBRACE",
+    ",": "COMMA",
+    ":": "COLON",
+}
+
+
+class _JsonScanner(_Reader):
+    """The library's JSON tokens (it reads JSON with a scanner of its own)."""
+
+    def scan(self) -> _Tok:
+        ch = self.next()
+        while ch in _WHITESPACE:
+            ch = self.next()
+        start = self.i - 1
+        if ch == _EOF:
+            return _Tok("EOF", self.t.n, self.t.n)
+        if _letter(ch):
+            while True:
+                ch = self.next()
+                if not (_letter(ch) or _digit(ch) or ch == "-"):
+                    break
+            if ch != _EOF:
+                self.unread()
+            text = self.t.s[start : self.i]
+            if text in ("true", "false"):
+                return _Tok("BOOL", start, self.i)
+            if text == "null":
+                return _Tok("NULL", start, self.i)
+            raise self.error("illegal char", start)
+        if _decimal(ch):
+            return _Tok(self._number(ch), start, min(self.i, self.t.n))
+        if ch == '"':
+            self._string(start)
+            return _Tok("STRING", start, self.i)
+        if ch == ".":
+            if _decimal(self.peek()):
+                ch = self._mantissa(self.peek(), peeked=True)
+                self._exponent(ch)
+                return _Tok("FLOAT", start, min(self.i, self.t.n))
+            return _Tok("PERIOD", start, self.i)
+        if ch in _JSON_PUNCTUATION:
+            return _Tok(_JSON_PUNCTUATION[ch], start, self.i)
+        if ch == "-":
+            if _decimal(self.peek()):
+                return _Tok(self._number(self.next()), start, min(self.i, self.t.n))
+            raise self.error("illegal char", start)
+        raise self.error(f"illegal char: {ch}", start)
+
+    def _number(self, ch: str) -> str:
+        zero = ch == "0"
+        after_first = self.i  # the library compares positions, which move on every read at the end
+        self._mantissa(ch)
+        ch = self.next()
+        if ch in "eE" and ch != _EOF:
+            self._exponent(ch)
+            return "FLOAT"
+        if ch == ".":
+            ch = self._fraction(ch)
+            if ch in "eE" and ch != _EOF:
+                self._exponent(self.next())
+            return "FLOAT"
+        if ch != _EOF:
+            self.unread()
+        if zero and self.i != after_first:
+            raise self.error("numbers cannot start with 0")
+        return "NUMBER"
+
+    def _string(self, start: int) -> None:
+        braces = 0
+        while True:
+            ch = self.next()
+            if ch in ("\n", _EOF):
+                raise self.error("literal not terminated", start)
+            if ch == '"':
+                return
+            if braces == 0 and ch == "$" and self.peek() == "{":
+                braces += 1
+                self.next()
+            elif braces > 0 and ch == "{":
+                braces += 1
+            if braces > 0 and ch == "}":
+                braces -= 1
+            if ch == "\\":
+                self._escape()
+
+    def _digits(self, ch: str, base: int, n: int) -> None:
+        while n > 0 and _digit_value(ch) < base:
+            ch = self.next()
+            n -= 1
+        if n > 0:
+            raise self.error("illegal char escape")
+        if ch == _EOF:
+            # The library puts the character back unconditionally, and panics when the text
+            # ended there.
+            raise self.error("literal not terminated")
+        self.unread()
+
+
+class _JsonParser:
+    """The library's JSON parser: one object, read as far as its tokens continue it."""
+
+    def __init__(self, text: _Text) -> None:
+        self.t = text
+        self.scanner = _JsonScanner(text)
+        self.tok = _Tok("EOF", 0, 0)
+        self.depth = 0
+
+    def scan(self) -> _Tok:
+        self.tok = self.scanner.scan()
+        return self.tok
+
+    def error(self, message: str) -> HclError:
+        return self.t.error(message, self.tok.start)
+
+    def token(self, tok: _Tok) -> Token:
+        line, column = self.t.where(tok.start)
+        if tok.kind == "NULL":
+            return Token("STRING", "", line, column)
+        text = self.t.s[tok.start : tok.end]
+        return Token(tok.kind, text, line, column, json=tok.kind == "STRING")
+
+    def root(self) -> ObjectList:
+        tok = self.scan()
+        if tok.kind != "LBRACE":
+            raise self.error(f"Expected object, got unknown token: {tok.kind}")
+        return self.object().body
+
+    def object(self) -> ObjectNode:
+        line, column = self.t.where(self.tok.start)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.t.fatal(f"nested more than {MAX_DEPTH} levels deep", self.tok.start)
+        items, failure = self.object_list()
+        if failure is not None and self.tok.kind != "RBRACE":
+            raise failure
+        self.depth -= 1
+        return ObjectNode(ObjectList(items), line, column)
+
+    def object_list(self) -> tuple[list[Item], HclError | None]:
+        items: list[Item] = []
+        while True:
+            try:
+                item = self.object_item()
+            except _End:
+                break
+            except _Fatal:
+                raise
+            except HclError as exc:
+                return items, exc
+            items.append(item)
+            if self.scan().kind != "COMMA":
+                break
+        return items, None
+
+    def object_item(self) -> Item:
+        keys: list[Token] = []
+        while True:
+            tok = self.scan()
+            if tok.kind == "EOF":
+                raise _End
+            if tok.kind == "STRING":
+                keys.append(self.token(tok))
+                continue
+            if tok.kind == "COLON":
+                if not keys:
+                    raise self.error("expected: STRING got: COLON")
+                break
+            raise self.error(f"expected: STRING got: {tok.kind}")
+        return Item(keys, self.value(), assign=True)
+
+    def value(self) -> Node:
+        tok = self.scan()
+        if tok.kind in ("NUMBER", "FLOAT", "BOOL", "NULL", "STRING"):
+            return Literal(self.token(tok))
+        if tok.kind == "LBRACE":
+            return self.object()
+        if tok.kind == "LBRACK":
+            return self.list()
+        if tok.kind == "EOF":
+            raise _End
+        raise self.error(f"Expected object value, got unknown token: {tok.kind}")
+
+    def list(self) -> ListNode:
+        line, column = self.t.where(self.tok.start)
+        items: list[Node] = []
+        while True:
+            tok = self.scan()
+            if tok.kind in ("NUMBER", "FLOAT", "STRING"):
+                items.append(Literal(self.token(tok)))
+            elif tok.kind == "LBRACE":
+                items.append(self.object())
+            elif tok.kind in ("COMMA", "BOOL", "LBRACK"):
+                continue  # the library drops booleans and nested lists here
+            elif tok.kind == "RBRACK":
+                return ListNode(items, line, column)
+            else:
+                raise self.error(f"unexpected token while parsing list: {tok.kind}")
+
+
+def _flatten(body: ObjectList) -> None:
+    """The library's flattening of JSON: an item whose object holds only objects becomes one item
+    per member, keys joined (``"a": {"b": {...}}`` reads as ``a b {...}``); an item whose list
+    holds only objects, one item per element. Applied to every object list, top down."""
+    kept: list[Item] = []
+    frontier = list(body.items)
+    while frontier:
+        item = frontier.pop()
+        value = item.value
+        if isinstance(value, ObjectNode):
+            members = value.body.items
+            if members and all(isinstance(m.value, ObjectNode) for m in members):
+                frontier += [Item(item.keys + m.keys, m.value, item.assign) for m in members]
+                continue
+        elif (
+            isinstance(value, ListNode)
+            and value.items
+            and all(isinstance(e, ObjectNode) for e in value.items)
+        ):
+            frontier += [Item(item.keys, e, item.assign) for e in value.items]
+            continue
+        kept.append(item)
+    kept.reverse()
+    body.items = kept
+    for item in kept:
+        for node in _children(item.value):
+            _flatten(node)
+
+
+def _children(node: Node | None) -> Iterator[ObjectList]:
+    if isinstance(node, ObjectNode):
+        yield node.body
+    elif isinstance(node, ListNode):
+        for element in node.items:
+            yield from _children(element)
