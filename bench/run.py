@@ -805,7 +805,7 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     refresh = [r["checks"]["refresh"] for r in rows]
     add(
-        "steady-state refresh <= 1 + ceil(k/20) + 2k (+1 per superseded key)",
+        "steady-state refresh <= 1 + ceil(k/20) + 3k (+1 per superseded key)",
         all(c["met"] for c in refresh),
         "; ".join(
             f"{r['label']}: {c['measured']} <= {c['bound']}"
