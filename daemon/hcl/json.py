@@ -80,13 +80,7 @@ class _JsonScanner(_Reader):
         after_first = self.i  # the library compares positions, which move on every read at the end
         self._mantissa(ch)
         ch = self.next()
-        if ch in "eE" and ch != _EOF:
-            self._exponent(ch)
-            return "FLOAT"
-        if ch == ".":
-            ch = self._fraction(ch)
-            if ch in "eE" and ch != _EOF:
-                self._exponent(self.next())
+        if self._float_part(ch):
             return "FLOAT"
         if ch != _EOF:
             self.unread()

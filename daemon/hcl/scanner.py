@@ -64,6 +64,19 @@ class _Reader:
     def _digits(self, ch: str, base: int, n: int) -> None:
         raise NotImplementedError  # each scanner ends an escape's digits its own way
 
+    def _float_part(self, ch: str) -> bool:
+        """After a number's digits: whether an exponent, or a fraction and its exponent, follow
+        (read here), making it a FLOAT."""
+        if ch in "eE" and ch != _EOF:
+            self._exponent(ch)
+            return True
+        if ch == ".":
+            ch = self._fraction(ch)
+            if ch in "eE" and ch != _EOF:
+                self._exponent(self.next())
+            return True
+        return False
+
     def _mantissa(self, ch: str, *, peeked: bool = False) -> str:
         """Read decimal digits from ``ch`` on; return the first other character, put back."""
         if peeked:
@@ -179,13 +192,7 @@ class _HclScanner(_Reader):
                 ch = self.next()
                 if ch in "89" and ch != _EOF:
                     illegal_octal = True
-            if ch in "eE" and ch != _EOF:
-                self._exponent(ch)
-                return "FLOAT"
-            if ch == ".":
-                ch = self._fraction(ch)
-                if ch in "eE" and ch != _EOF:
-                    self._exponent(self.next())
+            if self._float_part(ch):
                 return "FLOAT"
             if illegal_octal:
                 raise self.error("illegal octal number")
@@ -194,13 +201,7 @@ class _HclScanner(_Reader):
             return "NUMBER"
         self._mantissa(ch)
         ch = self.next()
-        if ch in "eE" and ch != _EOF:
-            self._exponent(ch)
-            return "FLOAT"
-        if ch == ".":
-            ch = self._fraction(ch)
-            if ch in "eE" and ch != _EOF:
-                self._exponent(self.next())
+        if self._float_part(ch):
             return "FLOAT"
         if ch != _EOF:
             self.unread()
