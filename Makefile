@@ -51,5 +51,22 @@ hcl-oracle: $(STAMP)
 interop: $(STAMP)
 	$(BIN)/python -m devtools.interop
 
+## minimums: the unit tests against the oldest dependency versions pyproject.toml allows
+.PHONY: minimums
+minimums: $(STAMP)
+	$(BIN)/python -m devtools.minimums
+
+## dist: build the sdist and the wheel into dist/ and check them with twine
+.PHONY: dist
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## systemd-test: the unit under a real systemd (a Debian root booted with systemd-nspawn, cached in .cache/nspawn/)
+.PHONY: systemd-test
+systemd-test: $(STAMP)
+	$(BIN)/python -m pytest -v -rs tests/test_systemd.py
