@@ -88,5 +88,6 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
-    # One line per scheduled run is already the job's summary event.
-    logging.getLogger("apscheduler.executors").setLevel(max(numeric, logging.WARNING))
+    # APScheduler announces every job it adds and every run it starts at INFO; the daemon's own
+    # events (started, each run's summary) already say that. Its warnings and errors stay.
+    logging.getLogger("apscheduler").setLevel(max(numeric, logging.WARNING))

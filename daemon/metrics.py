@@ -5,7 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections import Counter as Tally
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from daemon import __version__
 from daemon.aws.client import MUTATING_OPERATIONS
@@ -38,6 +45,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # No *_created series: they double every counter and no alert or panel reads them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        # process_resident_memory_bytes and friends: the unit and the pod cap the memory.
+        ProcessCollector(registry=r)
         self.runs = Counter(
             PREFIX + "runs",
             "Runs of each task by outcome (refused: a safety guard held).",

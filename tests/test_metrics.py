@@ -441,3 +441,12 @@ def test_no_label_carries_an_arn(metrics: Metrics, registry: CollectorRegistry) 
         for sample in family.samples:
             for label, label_value in sample.labels.items():
                 assert "arn:" not in label_value, (sample.name, label)
+
+
+def test_no_created_series_and_process_metrics_on() -> None:
+    metrics = Metrics(CollectorRegistry())
+    text = generate_latest(metrics.registry).decode()
+    assert "_created" not in text  # counters and histograms export no *_created twin
+    # The process's own memory, which the unit's MemoryMax and the pod's limit cap.
+    assert "\nprocess_resident_memory_bytes " in text
+    assert "\nprocess_cpu_seconds_total " in text
