@@ -1,4 +1,8 @@
-"""The daemon's HTTP listener: Prometheus ``/metrics`` and ``/healthz``, on its event loop."""
+"""The daemon's HTTP listener, on its event loop: Prometheus ``/metrics``; ``/healthz`` (503
+unless the last refresh succeeded within two intervals: for alerting and for a supervisor that
+should act on it); ``/livez`` (200 whenever the event loop answers: for a Kubernetes liveness or
+readiness probe, which must not restart the daemon, or take its SPIRE pod out of service, because
+AWS or SPIRE is failing)."""
 
 from __future__ import annotations
 
@@ -36,11 +40,15 @@ class Endpoint:
             status=status, text=json.dumps(body) + "\n", content_type="application/json"
         )
 
+    async def _livez(self, _: web.Request) -> web.Response:
+        return web.Response(text='{"status": "ok"}\n', content_type="application/json")
+
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); return the port bound."""
         app = web.Application()
         app.router.add_get("/metrics", make_aiohttp_handler(self._registry))
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

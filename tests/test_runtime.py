@@ -55,6 +55,7 @@ from tests.daemons import (
     Samples,
     daemon_env,
     healthz,
+    http_get,
     sample,
     scrape,
     total,
@@ -323,6 +324,9 @@ def test_healthz_and_spire_up_follow_the_spire_server(
             lambda: (answer := healthz(port))[0] == 503 and answer,
         )
         assert "refused: the SPIRE server is not alive (HTTP 500" in body["reason"], body
+        # /livez, the Kubernetes probe, says only that the daemon answers: a SPIRE server that
+        # is down must not get its sidecar restarted or its pod taken out of service.
+        assert http_get(f"http://127.0.0.1:{port}/livez")[0] == 200
         samples = scrape(port)
         assert sample(samples, "spire_up") == 0.0
         refused = sample(samples, "runs_total", task="refresh", outcome="refused") or 0.0
