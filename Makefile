@@ -51,6 +51,11 @@ hcl-oracle: $(STAMP)
 interop: $(STAMP)
 	$(BIN)/python -m devtools.interop
 
+## k8s: render deploy/kubernetes/example with kustomize and validate every object (Kubernetes and CRD schemas)
+.PHONY: k8s
+k8s: $(STAMP)
+	$(BIN)/python -m devtools.k8s
+
 ## minimums: the unit tests against the oldest dependency versions pyproject.toml allows
 .PHONY: minimums
 minimums: $(STAMP)
