@@ -35,7 +35,8 @@ DURATION_HINT = "a number with a unit d, h, m, s or ms, e.g. 90s, 15m, 6h, 14d, 
 
 
 def parse_duration(value: str | int | float | timedelta) -> timedelta:
-    """Parse ``90s``, ``15m``, ``6h``, ``14d``, compounds like ``1h30m``, or int/float seconds.
+    """Parse ``90s``, ``15m``, ``6h``, ``14d``, compounds like ``1h30m``, or seconds as a bare
+    number (``90``, ``"90"``, ``1.5``).
 
     Units appear once each, largest first. Negative, empty and malformed values raise ValueError.
     """
@@ -57,11 +58,9 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if text.startswith("-"):
         raise ValueError(f"must not be negative, got {value!r}")
     if _NUMBER_RE.fullmatch(text):
-        if Decimal(text) == 0:
-            return timedelta(0)
-        raise ValueError(
-            f"missing unit in {value!r} (write {text}s for seconds; units: d, h, m, s, ms)"
-        )
+        # A bare number is seconds, written as a TOML number or as text (an environment
+        # variable is always text): "90" and 90 mean the same.
+        return _seconds_to_timedelta(float(text) if "." in text else int(text))
     if not _DURATION_RE.fullmatch(text):
         raise ValueError(f"invalid duration {value!r} (expected {DURATION_HINT})")
     total = Decimal(0)

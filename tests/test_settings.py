@@ -74,6 +74,10 @@ def one_problem(path: Path | None, env: dict[str, str] | None = None) -> str:
         (3600, timedelta(hours=1)),
         (0, timedelta(0)),
         (1.5, timedelta(seconds=1.5)),
+        # Text or number, a bare number is seconds (environment variables are always text).
+        ("90", timedelta(seconds=90)),
+        (" 3600 ", timedelta(hours=1)),
+        ("1.5", timedelta(seconds=1.5)),
         (timedelta(minutes=3), timedelta(minutes=3)),
     ],
 )
@@ -90,8 +94,6 @@ def test_parse_duration_accepts(text: str | int | float | timedelta, expected: t
         (-1, "must not be negative"),
         (-0.5, "must not be negative"),
         (timedelta(seconds=-1), "must not be negative"),
-        ("6", "missing unit"),
-        ("3600", "missing unit"),
         ("h", "invalid duration"),
         ("6x", "invalid duration"),
         ("6H", "invalid duration"),
@@ -765,3 +767,12 @@ def test_missing_spire_server_config_is_reported(tmp_path: Path) -> None:
     assert problem == (
         f"spire_server_config {tmp_path / 'absent.conf'}: cannot read it: No such file or directory"
     )
+
+
+def test_a_bare_number_means_seconds_in_the_file_and_in_the_environment(tmp_path: Path) -> None:
+    path = minimal_file(tmp_path, "[refresh]\ninterval = 3600\n")
+    from_file = load_settings(path, env={})
+    from_env = load_settings(
+        minimal_file(tmp_path, ""), env={"SPIRE_KMS_RECONCILER_REFRESH__INTERVAL": "3600"}
+    )
+    assert from_file.refresh.interval == from_env.refresh.interval == timedelta(hours=1)
