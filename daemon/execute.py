@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from daemon import progress
 from daemon.aio import map_pooled
 from daemon.aws.client import TAG_RESOURCES_BATCH, AwsApi
 from daemon.aws.errors import AccessDenied, AwsError, Held, InvalidState, NotFound, Stopping
@@ -22,6 +23,7 @@ from daemon.model import (
 )
 from daemon.observe import confirm_tags
 from daemon.plan import confirm
+from daemon.progress import Listener
 
 log = structlog.get_logger("daemon.execute")
 
@@ -42,6 +44,8 @@ class ExecuteOptions:
     pending_window_days: int = 7
     dry_run: bool = False
     protect_tag: str = "spire-protect"  # for the re-read of a reclaim candidate's tags
+    job: str = ""  # named in progress events
+    progress: Listener | None = None  # told of every finished action
 
 
 def _failed(action: Action, exc: AwsError) -> ActionResult:
@@ -69,6 +73,7 @@ def _result(
         log.info("action", **fields)
     else:
         log.warning("action", error=error, **fields)
+    progress.tick()
     return ActionResult(action, outcome, error, denied)
 
 
@@ -76,8 +81,16 @@ async def execute(
     api: AwsApi, plan: Plan, options: ExecuteOptions, mode: TaggingMode | None = None
 ) -> tuple[ActionResult, ...]:
     """Execute ``plan``'s actions and return one result per action."""
+    job = options.job or plan.job.value
+    with progress.tracking(job, len(plan.actions), options.progress):
+        return await _execute(api, plan, options, mode)
+
+
+async def _execute(
+    api: AwsApi, plan: Plan, options: ExecuteOptions, mode: TaggingMode | None
+) -> tuple[ActionResult, ...]:
     if options.dry_run:
-        return tuple(_result(a, Outcome.SKIPPED, None) for a in plan.actions)
+        return tuple(_result(a, Outcome.PLANNED, None) for a in plan.actions)
     mode = mode or TaggingMode()
     by_kind: dict[ActionKind, list[Action]] = defaultdict(list)
     for action in plan.actions:

@@ -31,6 +31,7 @@ from daemon.model import (
 )
 from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
 from daemon.plan import ReclaimPolicy, RefreshPolicy, plan_reclaim, plan_refresh
+from daemon.progress import Listener
 from daemon.settings import Settings
 
 log = structlog.get_logger("daemon.jobs")
@@ -64,6 +65,8 @@ class Context:
     dry_run: bool = False
     #: Asks the local SPIRE server whether it is alive; None: as the settings say.
     probe: Probe | None = None
+    #: Told of every finished action (the CLI draws a live line in a terminal with it).
+    progress: Listener | None = None
 
     @property
     def trust_domain(self) -> str:
@@ -252,6 +255,8 @@ async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
                 ctx.settings.reclaim.pending_window_days,
                 dry_run,
                 ctx.settings.reclaim.protect_tag,
+                job=job.value,
+                progress=ctx.progress,
             )
             results = await execute(ctx.api, decided.plan, options, ctx.state.tagging)
         except AccessDenied as exc:

@@ -32,7 +32,7 @@ PREFIX = "spire_kms_reconciler_"
 REFRESH_STATES = (Verdict.SERVING, Verdict.SUPERSEDED, Verdict.LEGACY)
 RECLAIM_STATES = tuple(v for v in Verdict if v not in REFRESH_STATES)
 _RUN_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.REFUSED)
-_ACTION_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.SKIPPED)
+_ACTION_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.SKIPPED, Outcome.PLANNED)
 _AWS_OPERATIONS = sorted(
     {"GetResources", "ListAliases", "DescribeKey", "ListResourceTags", *MUTATING_OPERATIONS}
 )

@@ -35,7 +35,8 @@ class Outcome(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     REFUSED = "refused"
-    SKIPPED = "skipped"  # dry run, or an earlier step for the same key failed
+    SKIPPED = "skipped"  # not sent: an earlier step for the same key failed, or stopping
+    PLANNED = "planned"  # a dry run decided it and sent nothing
 
 
 class Verdict(StrEnum):

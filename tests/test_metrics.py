@@ -34,7 +34,7 @@ P = "spire_kms_reconciler_"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 STARTED = datetime(2026, 1, 1, tzinfo=UTC)
 RUN_OUTCOMES = ("success", "failure", "refused")
-ACTION_OUTCOMES = ("success", "failure", "skipped")
+ACTION_OUTCOMES = ("success", "failure", "skipped", "planned")
 AWS_OPERATIONS = (
     "GetResources",
     "ListAliases",
