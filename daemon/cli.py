@@ -1,36 +1,34 @@
-"""Command line: argument parsing, settings loading and exit codes."""
+"""Command line: argument parsing, settings loading, the one-shot commands and exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, TextIO
-
-import structlog
+from typing import TextIO
 
 from daemon import __version__, logs, spire
 from daemon.aws.client import AwsApi, AwsOptions, open_aws
-from daemon.aws.clock import run_clock
 from daemon.aws.errors import AccessDenied, AwsError
-from daemon.jobs import (
-    Context,
-    reclaim_once,
-    reclaim_policy,
-    refresh_once,
-    refresh_policy,
-    summary_fields,
+from daemon.check import offline_report, permissions, probe_all, spire_status
+from daemon.jobs import Context, reclaim_once, refresh_once
+from daemon.listing import list_keys
+from daemon.model import Job, Outcome, RunReport, Verdict
+from daemon.render import (
+    ProgressLine,
+    key_rows,
+    print_check,
+    print_keys_table,
+    print_report,
+    report_dict,
+    write_json,
 )
-from daemon.liveness import probe_for
-from daemon.model import Finding, Job, KeyVerdict, Outcome, RunReport, Verdict
-from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
-from daemon.plan import check_clock, plan_reclaim, plan_refresh
 from daemon.runtime import StartupError, serve
 from daemon.settings import (
     DEFAULT_CONFIG_PATH,
@@ -38,10 +36,9 @@ from daemon.settings import (
     SettingsError,
     liveness_problem,
     load_settings,
-    settings_warnings,
 )
 
-log = structlog.get_logger("daemon.cli")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class Exit(IntEnum):
@@ -52,6 +49,8 @@ class Exit(IntEnum):
     BAD_CONFIG = 2
     PERMISSION = 3
     REFUSED = 4
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    BROKEN_PIPE = 141  # the output's reader went away (128 + SIGPIPE)
 
 
 class ConfigProblem(Exception):
@@ -59,13 +58,19 @@ class ConfigProblem(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser; ``--config`` works before and after the subcommand."""
+    """Return the argument parser; common options work before and after the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
         help=f"settings file (TOML), default {DEFAULT_CONFIG_PATH}",
+    )
+    common.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="log level, over [log] level and SPIRE_KMS_RECONCILER_LOG__LEVEL",
     )
     parser = argparse.ArgumentParser(
         prog="spire-kms-reconciler",
@@ -77,19 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
     once = sub.add_parser("once", parents=[common], help="run the jobs once, then exit")
     once.add_argument("--job", choices=["refresh", "reclaim", "all"], default="all")
     once.add_argument("--dry-run", action="store_true", help="decide and print; change nothing")
+    once.add_argument("--output", choices=["text", "json"], default="text")
     keys = sub.add_parser("keys", parents=[common], help="list the trust domain's SPIRE keys")
     keys.add_argument("--output", choices=["table", "json"], default="table")
-    sub.add_parser("check", parents=[common], help="validate settings and probe AWS permissions")
+    keys.add_argument(
+        "--verdict",
+        action="append",
+        choices=[v.value for v in Verdict],
+        help="only keys with this verdict (repeatable)",
+    )
+    keys.add_argument("--server", metavar="ID", help="only keys of this SPIRE server ID")
+    check = sub.add_parser(
+        "check", parents=[common], help="validate settings and probe AWS permissions"
+    )
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="validate the settings (and SPIRE's server.conf) only: ask neither SPIRE nor AWS",
+    )
+    check.add_argument("--output", choices=["text", "json"], default="text")
     sub.add_parser("run", parents=[common], help="run the daemon: scheduled jobs, metrics, health")
     return parser
 
 
 def load(args: argparse.Namespace) -> Settings:
-    """Load settings from ``--config`` (required to exist when given) and the environment."""
+    """Load settings from ``--config`` (required to exist when given) and the environment;
+    ``--log-level`` goes over both (and stays over them at a reload)."""
     path: Path | None = getattr(args, "config", None)
+    env: dict[str, str] | None = None
+    if (level := getattr(args, "log_level", None)) is not None:
+        env = {**os.environ, "SPIRE_KMS_RECONCILER_LOG__LEVEL": level}
     if path is not None:
-        return load_settings(path, required_file=True)
-    return load_settings(DEFAULT_CONFIG_PATH)
+        return load_settings(path, required_file=True, env=env)
+    return load_settings(DEFAULT_CONFIG_PATH, env=env)
 
 
 def resolve_server_id(settings: Settings) -> str:
@@ -119,7 +144,24 @@ def aws_options(settings: Settings) -> AwsOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return the exit code."""
+    """Run the command line and return the exit code. No traceback reaches the user: Ctrl-C
+    exits 130, a reader that goes away (``| head``) ends the output quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader is gone: send the rest of the output nowhere, and exit as a process that
+        # SIGPIPE ended would (without the interpreter's complaint at exit).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return Exit.BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("spire-kms-reconciler: interrupted", file=sys.stderr)
+        return Exit.INTERRUPTED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load(args)
@@ -146,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _needs_liveness(args: argparse.Namespace) -> bool:
-    """Whether the command may stamp keys: ``run``, and ``once`` with the refresh job."""
+    """Whether the command may stamp keys: ``run``, ``once`` with the refresh job, and
+    ``check --offline`` (which says whether ``run`` would start)."""
+    if args.command == "check":
+        return bool(args.offline)
     return args.command == "run" or (args.command == "once" and args.job in ("refresh", "all"))
 
 
@@ -164,19 +209,59 @@ async def aws_session(settings: Settings) -> AsyncIterator[AwsApi]:
         raise
 
 
+class _Interrupt:
+    """Ctrl-C during ``once``: the first stops new writes (calls in flight finish, the rest of
+    the run's actions are reported skipped, the report is printed); the second quits at once."""
+
+    def __init__(self, api: AwsApi) -> None:
+        self.api = api
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            print("spire-kms-reconciler: interrupted again: quitting", file=sys.stderr)
+            os._exit(Exit.INTERRUPTED)
+        self.api.stopping = True
+        print(
+            "spire-kms-reconciler: interrupted: no new write is sent; the calls in flight finish "
+            "and the report follows (Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
+
+
 async def _once(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
     jobs = [Job.REFRESH, Job.RECLAIM] if args.job == "all" else [Job(args.job)]
     reports: list[RunReport] = []
+    as_json = args.output == "json"
+    loop = asyncio.get_running_loop()
     async with aws_session(settings) as api:
-        ctx = Context(settings, server_id, api, dry_run=args.dry_run)
-        for job in jobs:
-            if job is Job.RECLAIM and not settings.reclaim.enabled:
-                print("reclaim: disabled in settings ([reclaim] enabled = false)", file=out)
-                continue
-            report = await (refresh_once(ctx) if job is Job.REFRESH else reclaim_once(ctx))
-            reports.append(report)
-            print_report(report, out)
-    return exit_code(reports)
+        interrupt = _Interrupt(api)
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        line = None if as_json else ProgressLine.for_terminal(sys.stderr)
+        ctx = Context(
+            settings, server_id, api, dry_run=args.dry_run, progress=line.show if line else None
+        )
+        try:
+            for job in jobs:
+                if interrupt.count:
+                    break
+                if job is Job.RECLAIM and not settings.reclaim.enabled:
+                    if not as_json:
+                        print("reclaim: disabled in settings ([reclaim] enabled = false)", file=out)
+                    continue
+                report = await (refresh_once(ctx) if job is Job.REFRESH else reclaim_once(ctx))
+                if line is not None:
+                    line.clear()
+                reports.append(report)
+                if not as_json:
+                    print_report(report, out)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+    code = Exit.INTERRUPTED if interrupt.count else exit_code(reports)
+    if as_json:
+        write_json({"exit_code": int(code), "runs": [report_dict(r) for r in reports]}, out)
+    return code
 
 
 async def _run(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
@@ -206,236 +291,54 @@ def exit_code(reports: Sequence[RunReport]) -> int:
     return Exit.OK
 
 
-def print_report(report: RunReport, out: TextIO) -> None:
-    """Print a run's summary for a person: counts, then one line per action and finding."""
-    fields = summary_fields(report)
-    mode = " (dry run: nothing changed)" if report.dry_run else ""
-    print(
-        f"{report.job.value}: {fields['outcome']}{mode} in {fields['duration_seconds']}s, "
-        f"{fields['aws_calls_total']} AWS calls "
-        + " ".join(f"{op}={n}" for op, n in fields["aws_calls"].items()),
-        file=out,
-    )
-    if report.error:
-        print(f"  error: {report.error}", file=out)
-    if report.plan.refusal is not None:
-        print(
-            f"  REFUSED by the {report.plan.refusal.value} guard: {report.plan.refusal_detail}",
-            file=out,
-        )
-    elif report.spire is not None:
-        print(f"  SPIRE server alive: {report.spire.detail}", file=out)
-    if report.plan.failure is not None:
-        print(f"  FAILED: {report.plan.failure}", file=out)
-    if fields["verdicts"]:
-        print("  keys: " + ", ".join(f"{k} {v}" for k, v in fields["verdicts"].items()), file=out)
-    if fields["actions"]:
-        print("  actions: " + ", ".join(f"{k} {v}" for k, v in fields["actions"].items()), file=out)
-    for result in report.results:
-        a = result.action
-        target = a.alias_name or a.arn
-        line = f"    {result.outcome.value:<8} {a.kind.value:<18} {target}  ({a.reason})"
-        if result.error:
-            line += f" error: {result.error}"
-        print(line, file=out)
-    for finding in report.plan.findings:
-        print(
-            f"    finding  {finding.anomaly.value:<18} {finding.arn}  ({finding.detail})", file=out
-        )
-    for err in report.read_errors:
-        print(f"    read error: {err}", file=out)
-
-
 async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
-    policy = reclaim_policy(settings)
     try:
         async with aws_session(settings) as api:
-            with run_clock():
-                observed = await observe_reclaim(
-                    api, settings.trust_domain, server_id, policy, describe_all=True
-                )
-                snapshot = observed.snapshot
-                skewed = check_clock(
-                    snapshot.aws_time, snapshot.local_time, policy.clock_skew_tolerance
-                )
-                if skewed is not None and snapshot.aws_time is not None:
-                    # Staleness is judged on AWS's clock, never on one AWS contradicts.
-                    print(
-                        f"spire-kms-reconciler: warning: {skewed}; verdicts use AWS's clock",
-                        file=sys.stderr,
-                    )
-                # Every alias of this server, whatever migrate_legacy_aliases says: an alias
-                # that resolves to a key that is not Enabled stops SPIRE from starting.
-                legacy = await scan_own_aliases(api, settings.trust_domain, server_id)
-                own = await observe_refresh(api, settings.trust_domain, server_id, legacy)
+            listing = await list_keys(api, settings, server_id)
     except AccessDenied as exc:
         print(f"spire-kms-reconciler: {exc.explain()}", file=sys.stderr)
         return Exit.PERMISSION
     except AwsError as exc:
         print(f"spire-kms-reconciler: {exc}", file=sys.stderr)
         return Exit.FAILURES
-    now = snapshot.aws_time or snapshot.local_time or datetime.now(UTC)
-    reclaim_plan = plan_reclaim(snapshot, policy)
-    refresh_plan = plan_refresh(own.snapshot, now, refresh_policy(settings))
-    verdicts = merge_verdicts(reclaim_plan.verdicts, refresh_plan.verdicts)
-    findings = _unique_findings(refresh_plan.findings + reclaim_plan.findings)
-    errors = observed.errors + own.errors
-    rows = [
-        {
-            "key_arn": v.arn,
-            "server_id": v.server_id,
-            "spire_key_id": v.spire_key_id,
-            "key_state": v.state,
-            "last_update": v.last_update,
-            "last_update_time": _iso(v.last_update),
-            "this_server": v.server_id == server_id,
-            "verdict": v.verdict.value,
-            "reason": v.reason,
-            "findings": [
-                {"anomaly": f.anomaly.value, "detail": f.detail} for f in findings if f.arn == v.arn
-            ],
-        }
-        for v in sorted(verdicts, key=lambda v: (v.server_id or "", v.spire_key_id or "", v.arn))
+    if listing.skew_warning is not None:
+        # Staleness is judged on AWS's clock, never on one AWS contradicts.
+        print(
+            f"spire-kms-reconciler: warning: {listing.skew_warning}; verdicts use AWS's clock",
+            file=sys.stderr,
+        )
+    verdicts = [
+        v
+        for v in listing.verdicts
+        if (not args.verdict or v.verdict.value in args.verdict)
+        and (args.server is None or v.server_id == args.server)
     ]
+    shown = {v.arn for v in verdicts}
+    findings = [
+        f for f in listing.findings if f.arn in shown or (not args.verdict and not args.server)
+    ]
+    rows = key_rows(verdicts, findings, server_id)
     if args.output == "json":
-        json.dump(rows, out, indent=2)
-        out.write("\n")
+        write_json(rows, out)
     else:
         print_keys_table(rows, out)
         for finding in findings:
             print(f"finding  {finding.anomaly.value}  {finding.arn}  ({finding.detail})", file=out)
-    for err in errors:
+    for err in listing.errors:
         print(f"spire-kms-reconciler: read error: {err}", file=sys.stderr)
-    return Exit.FAILURES if errors else Exit.OK
-
-
-def _unique_findings(findings: Sequence[Finding]) -> list[Finding]:
-    """Each finding once (both planners may see the same key), in the order first seen."""
-    return list(dict.fromkeys(findings))
-
-
-def merge_verdicts(
-    trust_domain: Sequence[KeyVerdict], own: Sequence[KeyVerdict]
-) -> list[KeyVerdict]:
-    """Show this server's keys as the refresh job sees them (serving, superseded, legacy).
-
-    The reclaim verdict stays where it says more than "fresh"; untagged legacy keys, which the
-    trust-domain listing cannot find by tag, are added.
-    """
-    mine = {v.arn: v for v in own}
-    merged = [
-        mine[v.arn] if v.arn in mine and v.verdict is Verdict.FRESH else v for v in trust_domain
-    ]
-    listed = {v.arn for v in trust_domain}
-    merged += [v for v in own if v.arn not in listed]
-    return merged
-
-
-def _iso(raw: str | None) -> str | None:
-    parsed = spire.parse_last_update(raw)
-    if parsed is None:
-        return None
-    try:
-        return datetime.fromtimestamp(parsed, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, ValueError, OSError):
-        return None
-
-
-def print_keys_table(rows: Sequence[dict[str, Any]], out: TextIO) -> None:
-    """Print the key listing as an aligned table."""
-    headers = ["KEY ARN", "SERVER ID", "SPIRE KEY ID", "STATE", "LAST UPDATE", "VERDICT"]
-    table = [
-        [
-            r["key_arn"],
-            (r["server_id"] or "-") + (" (this)" if r["this_server"] else ""),
-            r["spire_key_id"] or "-",
-            r["key_state"] or "-",
-            r["last_update_time"] or (r["last_update"] or "-"),
-            r["verdict"],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *table, strict=False)]
-    for row in [headers, *table]:
-        print(
-            "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out
-        )
-    print(f"{len(rows)} keys", file=out)
+    return Exit.FAILURES if listing.errors else Exit.OK
 
 
 async def _check(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
-    print(f"settings: ok (trust domain {settings.trust_domain}, server ID {server_id})", file=out)
-    for warning in settings_warnings(settings):
-        print(f"settings: warning: {warning}", file=out)
-    print(f"spire server: {await _spire_status(settings)}", file=out)
-    results: list[tuple[str, str, str]] = []
-    denied = failed = False
-    async with aws_session(settings) as api:
-        for permission, needed_by, probe in _probes(api, settings, server_id):
-            try:
-                detail = await probe()
-                results.append((permission, needed_by, f"ok{detail}"))
-            except AccessDenied as exc:
-                denied = True
-                results.append((permission, needed_by, f"DENIED: {exc.explain()}"))
-            except AwsError as exc:
-                failed = True
-                results.append((permission, needed_by, f"error: {exc}"))
-    for permission in (
-        "kms:TagResource",
-        "tag:TagResources",
-        "kms:UpdateAlias",
-        "kms:ScheduleKeyDeletion",
-    ):
-        results.append(
-            (permission, "refresh/reclaim", "not probed: no side-effect-free call exists")
-        )
-    width = max(len(r[0]) for r in results)
-    for permission, needed_by, result in results:
-        print(f"  {permission:<{width}}  {needed_by:<16} {result}", file=out)
-    if denied:
-        return Exit.PERMISSION
-    return Exit.FAILURES if failed else Exit.OK
-
-
-async def _spire_status(settings: Settings) -> str:
-    """One line on whether the local SPIRE server answers alive, for ``check``."""
-    if (problem := liveness_problem(settings)) is not None:
-        return f"not configured: {problem}"
-    liveness = await probe_for(
-        settings.spire_health_url,
-        settings.assume_spire_alive,
-        settings.spire_health_timeout.total_seconds(),
-    )()
-    if liveness.url is None:
-        return f"{liveness.detail} (unsafe: stamps do not prove SPIRE is alive)"
-    if liveness.alive:
-        return f"alive ({liveness.detail})"
-    return f"NOT ALIVE ({liveness.detail}): refresh runs write nothing until it answers 2xx"
-
-
-def _probes(api: AwsApi, settings: Settings, server_id: str) -> list[tuple[str, str, Any]]:
-    found: list[str] = []
-
-    async def get_resources() -> str:
-        resources = await api.get_resources({spire.TAG_TRUST_DOMAIN: [settings.trust_domain]})
-        found.extend(r.arn for r in resources)
-        return f" ({len(resources)} keys tagged {settings.trust_domain})"
-
-    async def describe_key() -> str:
-        if not found:
-            return " (not probed: no key of the trust domain to describe)"
-        await api.describe_key(found[0])
-        return ""
-
-    async def list_aliases() -> str:
-        await api.probe_list_aliases()
-        return ""
-
-    probes: list[tuple[str, str, Any]] = [
-        ("tag:GetResources", "refresh/reclaim", get_resources),
-        ("kms:DescribeKey", "refresh/reclaim", describe_key),
-    ]
-    if settings.refresh.migrate_legacy_aliases or settings.reclaim.enabled:
-        probes.append(("kms:ListAliases", "refresh/reclaim", list_aliases))
-    return probes
+    report = offline_report(settings, server_id)
+    if not args.offline:
+        report.spire = await spire_status(settings)
+        async with aws_session(settings) as api:
+            report.permissions = permissions(api, settings)
+            await probe_all(report.permissions)
+    code = Exit.PERMISSION if report.denied else Exit.FAILURES if report.failed else Exit.OK
+    if args.output == "json":
+        write_json({"exit_code": int(code), **report.as_dict()}, out)
+    else:
+        print_check(report, out)
+    return code
