@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
 
+## emulator: the seeded KMS emulator on its own, for trying the daemon by hand (Ctrl-C to stop)
+.PHONY: emulator
+emulator: $(STAMP)
+	$(BIN)/python -m devtools.standalone
+
 ## test: every test (unit, property, integration against the emulator)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -17,6 +17,7 @@ anything for a SPIRE server that is not alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -115,6 +116,21 @@ def seed(emu: Emulator, server_id: str, now: datetime) -> None:
     emu.foreign_keys(300, aliases_every=3)
 
 
+def settings_file(folder: Path, server_id: str, spire: SpireHealth, extra: str = "") -> Path:
+    """Write this server's key identifier file and a settings file for the demo trust domain
+    into ``folder``; return the settings file."""
+    keyid = folder / "keyid"
+    keyid.write_text(server_id)
+    config = folder / "config.toml"
+    config.write_text(
+        f'trust_domain = "{TRUST_DOMAIN}"\n'
+        'region = "us-east-1"\n'
+        f'key_identifier_file = "{keyid}"\n'
+        f'spire_health_url = "{spire.url}"\n' + extra
+    )
+    return config
+
+
 def banner(title: str) -> None:
     """Print a section title."""
     print(f"\n=== {title} ===", flush=True)
@@ -130,38 +146,43 @@ def run() -> int:
         tempfile.TemporaryDirectory(prefix="spire-kms-demo-") as tmp,
     ):
         os.environ.update(emu.env())
-        keyid = Path(tmp) / "keyid"
-        keyid.write_text(server_id)
-        config = Path(tmp) / "config.toml"
-        config.write_text(
-            f'trust_domain = "{TRUST_DOMAIN}"\n'
-            'region = "us-east-1"\n'
-            f'key_identifier_file = "{keyid}"\n'
-            f'spire_health_url = "{spire.url}"\n'
-            '[log]\nformat = "json"\nlevel = "warning"\n'
-        )
+        config = settings_file(Path(tmp), server_id, spire)
         seed(emu, server_id, now)
         print(
             f"emulator: {emu.endpoint_url}   trust domain: {TRUST_DOMAIN}   "
             f"this server: {server_id}"
         )
         print(f"SPIRE server (stand-in health listener): {spire.url}")
-        print(f"settings: {config} (log events go to stderr; level warning for this demo)")
+        events = Path(tmp) / "events.jsonl"
+        print(f"settings: {config}")
+        print(
+            "log events (JSON lines) go to a file, so that they do not interleave with the reports"
+        )
+
+        def cli(*argv: str) -> int:
+            with events.open("a") as sink, contextlib.redirect_stderr(sink):
+                return main([*argv, "--config", str(config)])
 
         banner("keys before")
-        main(["keys", "--config", str(config)])
-        banner("once --dry-run (decide and print, change nothing)")
-        main(["once", "--dry-run", "--config", str(config)])
+        cli("keys")
+        banner("once --dry-run (decide and print, change nothing: every action reads planned)")
+        cli("once", "--dry-run")
         banner("once (refresh, then reclaim)")
-        code = main(["once", "--config", str(config)])
+        code = cli("once")
         banner("once again (nothing left to migrate or reclaim; serving keys are stamped again)")
-        main(["once", "--config", str(config)])
+        cli("once")
         banner("keys after")
-        main(["keys", "--config", str(config)])
+        cli("keys")
         banner("the SPIRE server stops: the next refresh writes nothing for it (exit code 4)")
         spire.set("closed")
-        refused = main(["once", "--job", "refresh", "--config", str(config)])
+        refused = cli("once", "--job", "refresh")
         print(f"exit code {refused}")
+        lines = events.read_text().splitlines()
+        loud = [
+            line for line in lines if '"level": "warning"' in line or '"level": "error"' in line
+        ]
+        print(f"\n{len(lines)} log events, {len(loud)} warnings or errors; the last one:")
+        print(f"  {loud[-1] if loud else '-'}")
         return code if refused == 4 else 1
 
 

@@ -71,21 +71,24 @@ def _nspawn_run(
 ) -> str:
     """Run one shell command in the root without booting it (like chroot, with namespaces)."""
     return _run(
-        [
-            "systemd-nspawn",
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--resolv-conf=copy-host",
-            f"--directory={root}",
-            *(f"--bind-ro={host}:{inside}" for host, inside in binds),
-            "/bin/sh",
-            "-ec",
-            command,
-        ],
+        [*_nspawn(root, binds), "/bin/sh", "-ec", command],
         timeout,
         what,
     )
+
+
+def _nspawn(tree: Path, binds: Sequence[tuple[Path, str]]) -> list[str]:
+    """systemd-nspawn without machined or a host D-Bus (--register=no, --keep-unit), on the
+    host's network, with ``binds`` (host path, container path) read-only."""
+    return [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--resolv-conf=copy-host",
+        f"--directory={tree}",
+        *(f"--bind-ro={host}:{inside}" for host, inside in binds),
+    ]
 
 
 def _bootstrap(tree: Path) -> None:
@@ -190,18 +193,7 @@ class Container:
         """Boot the cached root; ``binds`` are (host path, container path), read-only."""
         tree = root()
         console = tree.parent / "console.log"
-        args = [
-            "systemd-nspawn",
-            "--quiet",
-            "--boot",
-            "--register=no",
-            "--keep-unit",
-            "--console=passive",
-            "--resolv-conf=copy-host",
-            "--machine=skr-systemd-test",
-            f"--directory={tree}",
-        ]
-        args += [f"--bind-ro={host}:{inside}" for host, inside in binds]
+        args = [*_nspawn(tree, binds), "--boot", "--console=passive", "--machine=skr-systemd-test"]
         with console.open("wb") as sink:
             process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
         box = cls(tree, process, console)
