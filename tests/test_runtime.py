@@ -454,7 +454,17 @@ def test_sighup_with_invalid_settings_keeps_the_daemon_running(
     # A valid file is taken.
     config.write_text(good.replace("max_attempts = 2", "max_attempts = 3"))
     daemon.signal(signal.SIGHUP)
-    daemon.wait_for("reloaded", since=index + 1)
+    first = daemon.wait_for("reloaded", since=index + 1)
+    assert "region and [aws] take effect on restart" in first["notes"]
+    # A second reload that changes something else still says the [aws] change waits.
+    config.write_text(
+        good.replace("max_attempts = 2", "max_attempts = 3").replace(
+            '[reclaim]\ninterval = "3s"', '[reclaim]\ninterval = "4s"'
+        )
+    )
+    daemon.signal(signal.SIGHUP)
+    second = daemon.wait_for("reloaded", since=daemon.events().index(first) + 1)
+    assert "region and [aws] take effect on restart" in second["notes"], second
 
     daemon.signal(signal.SIGTERM)
     assert daemon.finish(timeout=DEADLINE) == 0, daemon.tail()
