@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,9 +104,6 @@ def render(folder: Path = DEPLOY / "example") -> list[dict[str, Any]]:
 def validate(objects: list[dict[str, Any]]) -> Iterator[tuple[str, str | None]]:
     """(kind/name, problem or None) for each object: Kubernetes schemas (strict: no unknown
     field) for built-in kinds, the CRDs' own schemas for the Prometheus Operator's."""
-    import jsonschema
-    import kubernetes_validate
-
     crds = crd_schemas()
     for obj in objects:
         name = f"{obj['kind']}/{obj['metadata']['name']}"

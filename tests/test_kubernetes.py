@@ -72,9 +72,7 @@ def test_an_invalid_object_is_caught(objects: list[dict[str, Any]]) -> None:
     broken = yaml.safe_load(yaml.safe_dump(_one(objects, "StatefulSet", "spire-server")))
     containers = broken["spec"]["template"]["spec"]["containers"]
     sidecar = next(c for c in containers if c["name"] == "spire-kms-reconciler")
-    sidecar["securityContext"][
-        "readOnlyRootFilesytem"
-    ] = True
+    sidecar["securityContext"]["readOnlyRootFilesytem"] = True
     monitor = yaml.safe_load(
         yaml.safe_dump(_one(objects, "ServiceMonitor", "spire-kms-reconciler"))
     )
