@@ -17,9 +17,10 @@ from daemon import __version__, logs, spire
 from daemon.aws.client import AwsApi, AwsOptions, open_aws
 from daemon.aws.errors import AccessDenied, AwsError
 from daemon.check import offline_report, permissions, probe_all, spire_status
-from daemon.jobs import Context, reclaim_once, refresh_once
+from daemon.jobs import Context
 from daemon.listing import list_keys
 from daemon.model import Job, Outcome, RunReport, Verdict
+from daemon.registry import JOBS
 from daemon.render import (
     ProgressLine,
     key_rows,
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     once = sub.add_parser("once", parents=[common], help="run the jobs once, then exit")
-    once.add_argument("--job", choices=["refresh", "reclaim", "all"], default="all")
+    once.add_argument("--job", choices=[*(j.name for j in JOBS), "all"], default="all")
     once.add_argument("--dry-run", action="store_true", help="decide and print; change nothing")
     once.add_argument("--output", choices=["text", "json"], default="text")
     keys = sub.add_parser("keys", parents=[common], help="list the trust domain's SPIRE keys")
@@ -192,7 +193,9 @@ def _needs_liveness(args: argparse.Namespace) -> bool:
     ``check --offline`` (which says whether ``run`` would start)."""
     if args.command == "check":
         return bool(args.offline)
-    return args.command == "run" or (args.command == "once" and args.job in ("refresh", "all"))
+    return args.command == "run" or (
+        args.command == "once" and args.job in ("all", Job.REFRESH.value)
+    )
 
 
 @asynccontextmanager
@@ -231,7 +234,7 @@ class _Interrupt:
 
 
 async def _once(args: argparse.Namespace, settings: Settings, server_id: str, out: TextIO) -> int:
-    jobs = [Job.REFRESH, Job.RECLAIM] if args.job == "all" else [Job(args.job)]
+    jobs = [j for j in JOBS if args.job in ("all", j.name)]
     reports: list[RunReport] = []
     as_json = args.output == "json"
     loop = asyncio.get_running_loop()
@@ -246,11 +249,14 @@ async def _once(args: argparse.Namespace, settings: Settings, server_id: str, ou
             for job in jobs:
                 if interrupt.count:
                     break
-                if job is Job.RECLAIM and not settings.reclaim.enabled:
+                if not job.enabled(settings):
                     if not as_json:
-                        print("reclaim: disabled in settings ([reclaim] enabled = false)", file=out)
+                        print(
+                            f"{job.name}: disabled in settings ([{job.name}] enabled = false)",
+                            file=out,
+                        )
                     continue
-                report = await (refresh_once(ctx) if job is Job.REFRESH else reclaim_once(ctx))
+                report = await job.once(ctx)
                 if line is not None:
                     line.clear()
                 reports.append(report)

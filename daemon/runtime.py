@@ -7,13 +7,11 @@ against wall-clock steps :mod:`daemon.clocksteps`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import signal
-import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -24,52 +22,21 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon import logs
+from daemon.aio import in_daemon_thread
 from daemon.aws.client import AwsApi
 from daemon.clocksteps import ClockStepWatcher
 from daemon.durations import format_duration
 from daemon.http import Endpoint, ListenError
-from daemon.jobs import Context, log_summary, reclaim_once, refresh_once
+from daemon.jobs import Context, log_summary
 from daemon.metrics import Metrics
-from daemon.model import Job, Outcome, Plan, Refusal, RunReport
+from daemon.model import Job, Outcome, RunReport
+from daemon.registry import JOBS, JobSpec
+from daemon.retries import crashed_report, needs_retry, retry_delay
 from daemon.settings import Settings, settings_warnings
 from daemon.systemd import sd_notify, watchdog
 
 log = structlog.get_logger("daemon.runtime")
 T = TypeVar("T")
-
-#: First retry of a failed run, doubled on each further failure, capped below.
-RETRY_BASE = timedelta(seconds=30)
-RETRY_CAP = timedelta(minutes=30)
-#: A refresh refused because the SPIRE server is not alive is asked again at least this often
-#: (a retry is one local HTTP GET and no AWS call): a server back from a long outage carries
-#: old stamps until its keys are stamped again, and peers may reclaim them meanwhile.
-SPIRE_DOWN_RETRY_CAP = timedelta(minutes=1)
-
-
-def retry_delay(report: RunReport, failures_in_a_row: int, interval: timedelta) -> timedelta | None:
-    """When to run a job again after ``report``, the ``failures_in_a_row``-th failure in a row
-    (counting this one); None: the next tick is soon enough.
-
-    Failures, and refreshes the SPIRE server's death refused, are retried with a backoff that
-    doubles from :data:`RETRY_BASE`; success, a guard's refusal and a missing permission are not.
-    A retry due at half the interval or later is left to the next tick.
-    """
-    if not needs_retry(report):
-        return None
-    cap = SPIRE_DOWN_RETRY_CAP if report.plan.refusal is Refusal.SPIRE_NOT_ALIVE else RETRY_CAP
-    # The exponent is bounded: a server down for weeks fails tens of thousands of times in a row.
-    doublings = min(max(0, failures_in_a_row - 1), 16)
-    delay = min(RETRY_BASE * 2**doublings, cap)
-    return None if delay >= interval / 2 else delay
-
-
-def needs_retry(report: RunReport) -> bool:
-    """Whether ``report`` counts as a failure in a row: a failed run, or a refresh the SPIRE
-    server's death refused; not success, a guard's refusal or a missing permission."""
-    spire_down = report.plan.refusal is Refusal.SPIRE_NOT_ALIVE
-    if report.permission_denied:
-        return False
-    return report.outcome is Outcome.FAILURE or spire_down
 
 
 def settle_heap() -> None:
@@ -109,8 +76,10 @@ class Daemon:
         *,
         reload: Callable[[], tuple[Settings, str]] | None = None,
         stop_deadline: float = 30.0,
+        jobs: Sequence[JobSpec] = JOBS,
     ) -> None:
         self.ctx = ctx
+        self.jobs = tuple(jobs)
         self.metrics = metrics
         self._reload = reload
         self._stop_deadline = stop_deadline
@@ -199,11 +168,8 @@ class Daemon:
             with structlog.contextvars.bound_contextvars(
                 run_id=uuid.uuid4().hex[:12], job=job.value
             ):
-                run: Callable[[Context], Awaitable[RunReport]] = (
-                    refresh_once if job is Job.REFRESH else reclaim_once
-                )
                 try:
-                    report = await run(self.ctx)
+                    report = await self._spec(job).once(self.ctx)
                 except Exception as exc:  # a bug, not an AWS failure: report it, keep serving
                     log.exception("run_crashed")
                     report = crashed_report(job, self.ctx.clock(), exc)
@@ -248,65 +214,53 @@ class Daemon:
                 failures_in_a_row=health.failures_in_a_row,
             )
 
+    def _spec(self, job: Job) -> JobSpec:
+        return next(j for j in self.jobs if j.job is job)
+
     def _interval(self, job: Job) -> timedelta:
-        return (
-            self.settings.refresh.interval if job is Job.REFRESH else self.settings.reclaim.interval
-        )
+        return self._spec(job).interval(self.settings)
 
     def export_intervals(self) -> None:
         """Publish each enabled task's interval, which the alerts compare ages with."""
         s = self.settings
         self.metrics.set_intervals(
-            {
-                Job.REFRESH: s.refresh.interval.total_seconds(),
-                Job.RECLAIM: s.reclaim.interval.total_seconds() if s.reclaim.enabled else None,
-            }
+            {j.job: j.interval(s).total_seconds() if j.enabled(s) else None for j in self.jobs}
+        )
+
+    def _add(self, scheduler: AsyncIOScheduler, job: JobSpec, first_run: datetime) -> None:
+        s = self.settings
+        scheduler.add_job(
+            self.run_job,
+            _trigger(job.interval(s), job.jitter(s)),
+            args=[job.job],
+            id=job.name,
+            replace_existing=True,
+            next_run_time=first_run,
         )
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        """Create the two interval jobs: refresh now, reclaim after its start delay."""
+        """Create one interval job per enabled job, each first run after its start delay (the
+        refresh at once)."""
         self.export_intervals()
         now = self.ctx.clock()
-        refresh, reclaim = self.settings.refresh, self.settings.reclaim
-        scheduler.add_job(
-            self.run_job,
-            _trigger(refresh.interval, refresh.jitter),
-            args=[Job.REFRESH],
-            id="refresh",
-            replace_existing=True,
-            next_run_time=now,
-        )
-        if reclaim.enabled:
-            scheduler.add_job(
-                self.run_job,
-                _trigger(reclaim.interval, reclaim.jitter),
-                args=[Job.RECLAIM],
-                id="reclaim",
-                replace_existing=True,
-                next_run_time=now + reclaim.start_delay,
-            )
+        for job in self.jobs:
+            if job.enabled(self.settings):
+                self._add(scheduler, job, now + job.start_delay(self.settings))
 
     def reschedule(self, scheduler: AsyncIOScheduler, old: Settings) -> None:
-        """Apply changed intervals after a reload, without running anything early."""
+        """Apply changed schedules after a reload, without running anything early: a job
+        turned off is removed, one turned on waits for its start delay."""
         new = self.settings
-        if (new.refresh.interval, new.refresh.jitter) != (old.refresh.interval, old.refresh.jitter):
-            scheduler.reschedule_job(
-                "refresh", trigger=_trigger(new.refresh.interval, new.refresh.jitter)
-            )
-        reclaim, before = new.reclaim, old.reclaim
-        if not reclaim.enabled:
-            if scheduler.get_job("reclaim") is not None:
-                scheduler.remove_job("reclaim")
-        elif scheduler.get_job("reclaim") is None:
-            scheduler.add_job(
-                self.run_job,
-                _trigger(reclaim.interval, reclaim.jitter),
-                args=[Job.RECLAIM],
-                id="reclaim",
-                next_run_time=self.ctx.clock() + reclaim.start_delay,
-            )
-        elif (reclaim.interval, reclaim.jitter) != (before.interval, before.jitter):
-            scheduler.reschedule_job("reclaim", trigger=_trigger(reclaim.interval, reclaim.jitter))
+        for job in self.jobs:
+            enabled, interval, jitter = job.timing(new)
+            scheduled = scheduler.get_job(job.name) is not None
+            if not enabled:
+                if scheduled:
+                    scheduler.remove_job(job.name)
+            elif not scheduled:
+                self._add(scheduler, job, self.ctx.clock() + job.start_delay(new))
+            elif job.timing(old) != (enabled, interval, jitter):
+                scheduler.reschedule_job(job.name, trigger=_trigger(interval, jitter))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -335,7 +289,7 @@ class Daemon:
             return False
         async with self._reloading:
             try:
-                settings, server_id = await _in_daemon_thread(self._reload)
+                settings, server_id = await in_daemon_thread(self._reload)
             except Exception as exc:
                 log.error("reload_rejected", error=str(exc), detail="keeping the settings in force")
                 return False
@@ -416,45 +370,6 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         await self.stop_http()
         log.info("stopped")
-
-
-async def _in_daemon_thread(work: Callable[[], T]) -> T:
-    """Run ``work`` in a daemon thread: one stuck on a file (a FIFO, a hung network mount) never
-    holds the process back when it stops, as the default executor's threads would."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            error = exc
-            with contextlib.suppress(RuntimeError):  # the loop may be gone by now
-                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
-
-    threading.Thread(target=run, name="reload", daemon=True).start()
-    return await future
-
-
-def crashed_report(job: Job, started: datetime, exc: Exception) -> RunReport:
-    """A report for a run that raised unexpectedly."""
-    return RunReport(
-        job=job,
-        plan=Plan(job),
-        results=(),
-        dry_run=False,
-        started_at=started,
-        duration_seconds=0.0,
-        aws_calls={},
-        error=f"{type(exc).__name__}: {exc}",
-    )
 
 
 def _trigger(interval: timedelta, jitter: float) -> IntervalTrigger:

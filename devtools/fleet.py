@@ -3,7 +3,7 @@ after every step.
 
 What runs for real: the daemon's jobs (``refresh_once`` and ``reclaim_once`` of
 :mod:`daemon.jobs`: observe, plan, guards, execute) on its own :class:`~daemon.aws.client.AwsApi`,
-with its settings loaded by ``load_settings``, its retry rule (``daemon.runtime.retry_delay``)
+with its settings loaded by ``load_settings``, its retry rule (``daemon.retries.retry_delay``)
 and one process per host with the jobs' state kept between runs, lost when the process dies.
 Every daemon talks to one in-memory AWS account (:mod:`devtools.simaws`) that keeps AWS's
 documented rules: key states, an eventually consistent tagging index, SigV4's 5-minute signing
@@ -79,7 +79,7 @@ from daemon.aws.client import AwsApi
 from daemon.jobs import Context, JobState, reclaim_once, reclaim_policy, refresh_once
 from daemon.model import Job, Liveness, ObservedKey, Refusal, RunReport, Verdict
 from daemon.plan import ReclaimPolicy, needs_state
-from daemon.runtime import RETRY_CAP, needs_retry, retry_delay
+from daemon.retries import RETRY_CAP, needs_retry, retry_delay
 from daemon.settings import Settings, load_settings
 from devtools import defects
 from devtools.simaws import (
