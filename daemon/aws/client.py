@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aioboto3
+from botocore import xform_name
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -107,7 +108,7 @@ class AwsApi:
             if not paid:
                 await limiter.acquire(cost)
                 self._refuse_if_stopping(operation)  # the stop may have come while it waited
-        method = getattr(client, _snake(operation))
+        method = getattr(client, xform_name(operation))
         async with self._slots:
             try:
                 response: dict[str, Any] = await method(**params)
@@ -374,13 +375,6 @@ def _outcome(error: AwsError) -> str:
     if isinstance(error, NotFound):
         return "not_found"
     return "error"
-
-
-def _snake(operation: str) -> str:
-    out = [operation[0].lower()]
-    for char in operation[1:]:
-        out.append(f"_{char.lower()}" if char.isupper() else char)
-    return "".join(out)
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
