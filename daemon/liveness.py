@@ -18,7 +18,7 @@ from daemon.model import Liveness, ProbeFailure
 
 __all__ = ["ASSUMED_ALIVE", "MAX_TIMEOUT", "NOT_CONFIGURED", "Probe", "probe", "probe_for"]
 
-#: The longest a probe may wait for an answer (SPEC B.0).
+#: The longest a probe may wait for an answer (contract §4).
 MAX_TIMEOUT = 5.0
 _BODY_SHOWN = 200
 

@@ -290,11 +290,11 @@ def fast_backoff(scale: float = 0.05) -> Iterator[None]:
     def scaled(self: ExponentialBackoff, context: Any) -> float:
         return float(original(self, context)) * scale
 
-    ExponentialBackoff.delay_amount = scaled  # type: ignore[method-assign]
+    ExponentialBackoff.delay_amount = scaled
     try:
         yield
     finally:
-        ExponentialBackoff.delay_amount = original  # type: ignore[method-assign]
+        ExponentialBackoff.delay_amount = original
 
 
 @contextlib.contextmanager
@@ -936,7 +936,7 @@ def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> Outcome:
 
 def keys_listing_under_clock_skew(h: Harness, minutes: int) -> Outcome:
     """``keys --output json`` from a host ``minutes`` ahead of AWS: verdicts are judged on AWS's
-    clock (SPEC B.2.2), so the key 2 minutes short of stale is never listed "stale"."""
+    clock (contract §6.2), so the key 2 minutes short of stale is never listed "stale"."""
     outcome = clock_skew(h, minutes)
     world = outcome.world
     assert world is not None
@@ -1283,7 +1283,7 @@ _DEAD_B = "dead peer x509-CA-B (interrupted reclaim)"
 #: The AccessDenied variants of the matrix, by label.
 DENIALS: dict[str, Denial] = {
     "TagResource": Denial(("TagResource",)),
-    # Batched tagging falls back to kms:TagResource (SPEC B.1.4).
+    # Batched tagging falls back to kms:TagResource (contract §5.4).
     "TagResources": Denial(("TagResources",)),
     "TagResources and TagResource": Denial(
         ("TagResources", "TagResource"),

@@ -517,18 +517,18 @@ def _reachable_operations(entry: str) -> set[str]:
             continue
         seen.add(qualified)
         module = qualified.split(".")[0]
-        for node in ast.walk(functions[qualified]):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                target = imports[module].get(node.func.id, f"{module}.{node.func.id}")
+        for call in ast.walk(functions[qualified]):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
+                target = imports[module].get(call.func.id, f"{module}.{call.func.id}")
                 if target in functions:
                     todo.append(target)
             # api.<method>, called or handed on (e.g. to a pool of workers)
-            elif isinstance(node, ast.Attribute) and node.attr in api_ops:
-                owner = node.value
+            elif isinstance(call, ast.Attribute) and call.attr in api_ops:
+                owner = call.value
                 if (isinstance(owner, ast.Name) and owner.id == "api") or (
                     isinstance(owner, ast.Attribute) and owner.attr == "api"
                 ):
-                    found |= api_ops[node.attr]
+                    found |= api_ops[call.attr]
     return found
 
 
@@ -1253,3 +1253,23 @@ def test_docs_mention_only_real_environment_variables() -> None:
             if name.endswith("_"):
                 continue  # the prefix itself
             assert name in known, f"{path.name}: {name} is not a setting"
+
+
+def test_every_cited_contract_section_exists() -> None:
+    """Tests and code cite docs/contract.md as "contract §N" or "§N.M" (the M-th rule of §N)."""
+    contract = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    sections: dict[str, int] = {}
+    for match in re.finditer(r"^## §(\d+) .*?(?=^## |\Z)", contract, re.MULTILINE | re.DOTALL):
+        sections[match[1]] = len(re.findall(r"^\d+\. ", match[0], re.MULTILINE))
+    assert len(sections) >= 8
+    cited: set[str] = set()
+    for folder in ("daemon", "devtools", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for chunk in re.findall(r"contract (§[\d.§\-, ]+)", path.read_text(encoding="utf-8")):
+                cited |= set(re.findall(r"§(\d+(?:\.\d+)?)", chunk))
+    assert cited, "nothing cites the contract"
+    for ref in sorted(cited):
+        number, _, rule = ref.partition(".")
+        assert number in sections, f"contract §{ref}: no section §{number}"
+        if rule:
+            assert int(rule) <= sections[number], f"contract §{ref}: §{number} has no rule {rule}"

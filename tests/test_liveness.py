@@ -1,4 +1,4 @@
-"""A keep-alive that means alive (SPEC B.0): the SPIRE health probe and what the refresh job does
+"""A keep-alive that means alive (contract §4): the SPIRE health probe and what the refresh job does
 with its answer.
 
 The probe is exercised against a stand-in SPIRE health listener (devtools/spire_health.py) over

@@ -1,4 +1,4 @@
-"""The reclaim guards (SPEC B.2.2-B.2.5), each written as the attack it stops.
+"""The reclaim guards (contract §6.3-§6.6), each written as the attack it stops.
 
 AWS's clock against a stepped host clock; the share of the trust domain's servers, which junk and
 pending keys must not inflate; the fleet-wide budget, which retries and several daemons must not

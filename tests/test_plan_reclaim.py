@@ -1,4 +1,4 @@
-"""The reclaim planner (SPEC B.2): every rule of stale and never stale, then properties."""
+"""The reclaim planner (contract §6): every rule of stale and never stale, then properties."""
 
 from __future__ import annotations
 

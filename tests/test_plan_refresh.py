@@ -1,4 +1,4 @@
-"""The refresh planner (SPEC B.0, B.1): liveness, serving keys, migration, stamps, aliases."""
+"""The refresh planner (contract §4, §5): liveness, serving keys, migration, stamps, aliases."""
 
 from __future__ import annotations
 
@@ -529,6 +529,7 @@ def test_refresh_acts_only_on_serving_keys_and_never_reverts_aliases(world: Refr
         assert action.arn in serving
         assert action.kind in (ActionKind.STAMP, ActionKind.MIGRATE, ActionKind.REFRESH_ALIAS)
         if action.kind is ActionKind.REFRESH_ALIAS:
+            assert action.alias_name is not None
             target = targets[action.alias_name]
             assert target is not None
             assert target.enabled

@@ -1,4 +1,4 @@
-"""SPIRE's contract on AWS KMS (SPEC part A): names, encodings, tags and server IDs."""
+"""SPIRE's contract on AWS KMS (contract §1-§3): names, encodings, tags and server IDs."""
 
 from __future__ import annotations
 
