@@ -25,11 +25,12 @@ emulator: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## lint: ruff and mypy --strict
+## lint: ruff (checks and format) and mypy --strict over the package, the dev tools, the tests and the bench
 lint: $(STAMP)
-	$(BIN)/ruff check daemon devtools tests
-	$(BIN)/ruff format --check daemon
+	$(BIN)/ruff check daemon devtools tests bench
+	$(BIN)/ruff format --check daemon devtools tests bench
 	$(BIN)/mypy daemon
+	$(BIN)/mypy --strict devtools tests bench
 
 ## bench: AWS calls per cycle against SPIRE's legacy alias scans; writes bench/results.json
 .PHONY: bench

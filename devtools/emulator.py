@@ -232,15 +232,17 @@ def _signs_digests() -> None:
         key = self.kms_backend.describe_key(key_id)
         if key.key_usage != "SIGN_VERIFY" or algorithm not in key.signing_algorithms:
             return str(moto_sign(self))  # moto's own validation errors
-        hash_type = _DIGEST_HASHES[algorithm.rsplit("_", 1)[1]]
-        if len(digest) != hash_type.digest_size:
+        hash_algorithm = _DIGEST_HASHES[algorithm.rsplit("_", 1)[1]]()
+        if len(digest) != hash_algorithm.digest_size:
             raise ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
-        prehashed = asym_utils.Prehashed(hash_type())
-        private = key.private_key.private_key
+        prehashed = asym_utils.Prehashed(hash_algorithm)
+        private = key.private_key.private_key  # type: ignore[attr-defined]  # moto's wrapper
         if algorithm.startswith("ECDSA"):
             signature = private.sign(digest, ec.ECDSA(prehashed))
         elif algorithm.startswith("RSASSA_PSS"):
-            pss = padding.PSS(mgf=padding.MGF1(hash_type()), salt_length=hash_type.digest_size)
+            pss = padding.PSS(
+                mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size
+            )
             signature = private.sign(digest, pss, prehashed)
         else:
             signature = private.sign(digest, padding.PKCS1v15(), prehashed)

@@ -238,7 +238,7 @@ class Rule:
     times: int | None = None
     arns: dict[str, int] = field(default_factory=dict)  # ARN -> failures left
     entry: Mapping[str, Any] = field(default_factory=dict)  # FailedResourcesMap value
-    callback: Callable[[dict[str, Any]], None] | None = None  # for hooks
+    callback: Callable[[dict[str, Any]], object] | None = None  # for hooks
     skip: int = 0  # matching requests still to let through before the rule applies
     hits: int = 0  # how often the rule has fired
     rate: float = 1.0  # chance that a matching request is faulted
@@ -706,7 +706,7 @@ class FaultProxy:
     def before(
         self,
         operation: str,
-        callback: Callable[[dict[str, Any]], None],
+        callback: Callable[[dict[str, Any]], object],
         *,
         times: int | None = None,
     ) -> Rule:
@@ -718,7 +718,7 @@ class FaultProxy:
     def after(
         self,
         operation: str,
-        callback: Callable[[dict[str, Any]], None],
+        callback: Callable[[dict[str, Any]], object],
         *,
         nth: int = 1,
         times: int | None = 1,

@@ -20,6 +20,7 @@ printed under the table). ``--only TEXT`` runs the rows whose name contains TEXT
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def rows(examples: int, seeds: Sequence[int]) -> list[Row]:
     ]
     for label in scenarios.DENIALS:
         matrix.append(
-            (f"AccessDenied on {label}", lambda h, label=label: scenarios.access_denied(h, label))
+            (f"AccessDenied on {label}", functools.partial(scenarios.access_denied, label=label))
         )
     matrix += [
         ("attack: clock step mid-run", attacks.clock_step),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from hypothesis import strategies as st
 
@@ -450,12 +451,12 @@ def reclaim_worlds(draw: st.DrawFn) -> ReclaimWorld:
             state,
             draw_moment(draw, now, stale_after),
             deletion_date=deletion if state == KEY_STATE_PENDING_DELETION else None,
-            **draw(_SHAPES),
+            **cast(dict[str, Any], draw(_SHAPES)),
         )
         if draw(_ONE_IN_TEN) == 0:
             meta = None  # DescribeKey failed
         keys.append(ObservedKey(key_arn(n), tags, meta, aliases))
-    own_aliases = []
+    own_aliases: list[Any] = []
     for kid in draw(_ALIAS_KEY_IDS):
         choice = draw(_OWN_ALIAS_TARGETS)
         target: KeyMeta | None = None
@@ -504,7 +505,7 @@ def refresh_worlds(draw: st.DrawFn) -> RefreshWorld:
             kms_key_id(n),
             draw(_REFRESH_STATES),
             draw_moment(draw, now, STALE_AFTER),
-            **draw(_SHAPES),
+            **cast(dict[str, Any], draw(_SHAPES)),
         )
         metas.append(meta)
         last_update = (

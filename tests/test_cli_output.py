@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,13 +176,14 @@ def test_check_offline_asks_nobody(
     assert proxy.count() == 0
 
 
-def _cli(config: Path, *argv: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
+def _cli(config: Path, *argv: str, env: dict[str, str], stdout: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "daemon", *argv, "--config", str(config)],
         cwd=ROOT,
         env=env,
         text=True,
-        **kwargs,  # type: ignore[call-overload]
+        stdout=stdout,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -197,7 +199,7 @@ def test_ctrl_c_during_once_prints_the_report_and_exits_130(
     config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     proxy.delay("TagResources", 3.0)
     proxy.delay("TagResource", 3.0)
-    process = _cli(config, "once", env=_env(aws), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = _cli(config, "once", env=_env(aws), stdout=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while proxy.count("TagResources") + proxy.count("TagResource") == 0:
         assert time.monotonic() < deadline, "the run never reached its first write"
@@ -218,7 +220,7 @@ def test_a_closed_pipe_ends_quietly(aws: Emulator, proxy: FaultProxy, tmp_path: 
         read, write = os.pipe()
         os.close(read)  # the reader is gone before the first line (`| head -0`)
         try:
-            process = _cli(config, *argv, env=_env(aws), stdout=write, stderr=subprocess.PIPE)
+            process = _cli(config, *argv, env=_env(aws), stdout=write)
         finally:
             os.close(write)
         _, err = process.communicate(timeout=60)

@@ -503,8 +503,13 @@ async def test_sign_with_message_type_digest_signs_the_digest(
     # signature it gets: a signature over the digest's digest (moto's own) fails it.
     created = await clients.kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec=key_spec)
     key_id = created["KeyMetadata"]["KeyId"]
-    hash_type = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[algorithm[-3:]]
-    digester = hashes.Hash(hash_type())
+    hashing: dict[str, hashes.HashAlgorithm] = {
+        "256": hashes.SHA256(),
+        "384": hashes.SHA384(),
+        "512": hashes.SHA512(),
+    }
+    hash_algorithm = hashing[algorithm[-3:]]
+    digester = hashes.Hash(hash_algorithm)
     digester.update(b"to be signed")
     digest = digester.finalize()
 
@@ -514,13 +519,13 @@ async def test_sign_with_message_type_digest_signs_the_digest(
 
     der = (await clients.kms.get_public_key(KeyId=key_id))["PublicKey"]
     public = serialization.load_der_public_key(der)
-    prehashed = asym_utils.Prehashed(hash_type())
+    prehashed = asym_utils.Prehashed(hash_algorithm)
     if isinstance(public, ec.EllipticCurvePublicKey):
         public.verify(signed["Signature"], digest, ec.ECDSA(prehashed))
     else:
         assert isinstance(public, rsa.RSAPublicKey)
         pad: padding.AsymmetricPadding = (
-            padding.PSS(mgf=padding.MGF1(hash_type()), salt_length=hash_type.digest_size)
+            padding.PSS(mgf=padding.MGF1(hash_algorithm), salt_length=hash_algorithm.digest_size)
             if "PSS" in algorithm
             else padding.PKCS1v15()
         )

@@ -16,7 +16,7 @@ Two parts:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -111,11 +111,12 @@ def test_proxy_enforces_kms_key_state_rules(aws: Emulator, proxy: FaultProxy) ->
 
     client.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)  # an ARN: moto alone 500s
 
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: client.schedule_key_deletion(KeyId=key_id_of(arn), PendingWindowInDays=7),
         lambda: client.tag_resource(KeyId=arn, Tags=[{"TagKey": "a", "TagValue": "b"}]),
         lambda: client.untag_resource(KeyId=arn, TagKeys=["a"]),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as refused:
             call()
         assert code_of(refused) == "KMSInvalidStateException"

@@ -47,9 +47,18 @@ def _free_port() -> int:
 class Host:
     """What the test holds: the container, the emulator, the SPIRE stand-in, the settings."""
 
-    def __init__(self, box: nspawn.Container, emu: Emulator, server_id: str, port: int) -> None:
+    def __init__(
+        self,
+        box: nspawn.Container,
+        emu: Emulator,
+        spire: SpireHealth,
+        server_id: str,
+        port: int,
+    ) -> None:
         self.box = box
         self.emu = emu
+        self.spire = spire
+        self.port = port
         self.server_id = server_id
         self.metrics = f"http://127.0.0.1:{port}/metrics"
         self.keys: list[str] = []
@@ -100,7 +109,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     port = _free_port()
     server_id = str(uuid.uuid4())
     with box, Emulator() as emu, SpireHealth() as spire:
-        h = Host(box, emu, server_id, port)
+        h = Host(box, emu, spire, server_id, port)
         now = datetime.now(UTC)
         for key_id, tagged in (("x509-CA-A", False), ("JWT-Signer-A", True)):
             h.keys.append(
@@ -130,8 +139,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             "[Service]\nWatchdogSec=6s\nRestartSec=1s\n",
         )
         box.sh("systemctl daemon-reload && systemctl reset-failed")
-        h.spire = spire  # type: ignore[attr-defined]
-        h.port = port  # type: ignore[attr-defined]
         yield h
         box.run(f"systemctl stop {UNIT}", check=False)
 
@@ -210,7 +217,7 @@ def test_journal_holds_json_lines(host: Host) -> None:
 
 def test_reload_applies_a_changed_setting(host: Host) -> None:
     before = len(host.journal())
-    spire: SpireHealth = host.spire  # type: ignore[attr-defined]
+    spire = host.spire
     host.box.write(CONFIG, _config(spire, host.port, "dry_run = true\n"))
     pid = host.show("MainPID")["MainPID"]
     host.box.sh(f"systemctl reload {UNIT}")
@@ -249,7 +256,7 @@ def test_stop_ends_within_timeout_with_exit_0(host: Host) -> None:
 
 
 def test_bad_settings_exit_2_and_are_not_restarted(host: Host) -> None:
-    spire: SpireHealth = host.spire  # type: ignore[attr-defined]
+    spire = host.spire
     host.box.write(CONFIG, _config(spire, host.port, 'no_such_setting = "x"\n'))
     host.box.sh(f"systemctl reset-failed {UNIT} || true")
     failed = host.box.run(f"systemctl start {UNIT}", check=False)
