@@ -5,7 +5,7 @@
 
 The settings come from the models' field descriptions and defaults in daemon/settings/, the
 metrics from a fresh registry built by daemon/metrics.py, so the reference cannot drift from the
-code (tests/test_deploy.py checks the committed file).
+code (tests/test_docs.py checks the committed file).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from daemon.model import (
     Verdict,
 )
 from daemon.plan import ReclaimPolicy, RefreshPolicy, plan_reclaim, plan_refresh
-from tests.strategies import ALIVE, NOW, OWN, PEER, STALE_AFTER, TD, make_key
+from tests.strategies import ALIVE, NOW, OWN, PEER, STALE_AFTER, make_key
+from tests.world import TD
 
 ACME = "bundle-acme-foo.bar+rsa"
 STAMP = str(int(NOW.timestamp()))

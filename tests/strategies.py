@@ -31,8 +31,8 @@ from daemon.model import (
     RefreshSnapshot,
 )
 from daemon.plan import ReclaimPolicy, RefreshPolicy, choose_serving, needs_aliases, needs_state
+from tests.world import TD
 
-TD = "example.org"
 OTHER_TD = "example.org2"  # sanitizes to example_org2: a prefix trap for example_org
 OWN = "0f8e4c2a-6b1d-4e3f-9a7c-5d2b8e1f3a6c"
 #: A probe of the local SPIRE server that answered alive.

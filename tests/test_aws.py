@@ -35,10 +35,7 @@ from daemon.model import Outcome
 from daemon.settings import Settings
 from devtools.emulator import Emulator
 from devtools.faultproxy import DEFAULT_PRINCIPAL, FaultProxy
-
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
-PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
+from tests.world import PEER, SERVER, TD
 
 
 def client_error(

@@ -10,11 +10,9 @@ import pytest
 from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import DEFAULT_PRINCIPAL, FaultProxy
+from tests.world import SERVER, TD
 
 pytestmark = pytest.mark.integration
-
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 
 
 @pytest.fixture(autouse=True)

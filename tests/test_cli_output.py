@@ -19,7 +19,8 @@ from daemon import progress
 from daemon.progress import Progress
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
-from tests.test_cli import SERVER, TD, run, write_config
+from tests.test_cli import run, write_config
+from tests.world import SERVER, TD
 
 pytestmark = pytest.mark.integration
 

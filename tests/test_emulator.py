@@ -25,11 +25,10 @@ from moto.kms.utils import RESERVED_ALIASE_TARGET_KEY_IDS
 
 from daemon import spire
 from devtools.emulator import ACCOUNT_ID, REGION, Emulator, _pages_kms_lists
+from tests.world import SERVER, TD
 
 pytestmark = pytest.mark.integration
 
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 OTHER_SERVER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 
 

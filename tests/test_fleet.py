@@ -23,6 +23,7 @@ from daemon import spire
 from devtools.defects import DEFECTS
 from devtools.scenarios import REPO
 from devtools.simaws import Faults, Killed, SimAccount, SimKms, SimTagging
+from tests.world import TD
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,6 @@ def test_a_defect_put_back_breaks_its_invariant(defect: str) -> None:
 # --- the in-memory AWS follows AWS's documented rules ---------------------------------------------
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-TD = "example.org"
 
 
 def world(lag: timedelta = timedelta(minutes=5)) -> tuple[SimAccount, SimKms, SimTagging]:

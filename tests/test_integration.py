@@ -20,13 +20,10 @@ from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from devtools.spire_health import SpireHealth
+from tests.world import OTHER_TD, PEER, SERVER, TD
 
 pytestmark = pytest.mark.integration
 
-TD = "example.org"
-OTHER_TD = "other.example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
-PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 PEER2 = "5e0c2f4a-1111-4222-8333-444455556666"
 ACME = "bundle-acme-foo.bar+rsa"
 MUTATING = ("TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion")

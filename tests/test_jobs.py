@@ -11,11 +11,9 @@ from daemon.aws.client import AwsOptions, open_aws
 from daemon.jobs import Context, reclaim_once, refresh_once
 from daemon.settings import Settings, load_settings
 from devtools.emulator import Emulator
+from tests.world import SERVER, TD
 
 pytestmark = pytest.mark.integration
-
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 
 
 def settings() -> Settings:

@@ -24,10 +24,8 @@ from daemon.settings import SettingsError, load_settings
 from devtools.emulator import Emulator, free_port
 from devtools.faultproxy import MUTATING, FaultProxy
 from devtools.spire_health import SpireHealth
+from tests.world import PEER, SERVER, TD
 
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
-PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 DAY = timedelta(days=1)
 
 

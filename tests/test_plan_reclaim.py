@@ -61,7 +61,6 @@ from tests.strategies import (
     OWN,
     PEER,
     STALE_AFTER,
-    TD,
     TOLERANCE,
     ReclaimWorld,
     RefreshWorld,
@@ -77,6 +76,7 @@ from tests.strategies import (
     spire_alias,
     unix,
 )
+from tests.world import TD
 
 property_settings = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

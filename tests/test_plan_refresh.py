@@ -44,7 +44,6 @@ from tests.strategies import (
     DAY,
     NOW,
     OWN,
-    TD,
     RefreshWorld,
     apply_refresh,
     key_arn,
@@ -56,6 +55,7 @@ from tests.strategies import (
     serving_arns,
     unix,
 )
+from tests.world import TD
 
 property_settings = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -27,6 +27,7 @@ import yaml
 from devtools.emulator import Emulator, free_port
 from devtools.spire_health import SpireHealth
 from tests.daemons import OPENER, ROOT, DaemonProcess, daemon_env
+from tests.world import TD
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,6 @@ needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="the prometheus server is not installed (Debian/Ubuntu: apt-get install prometheus)",
 )
-TD = "example.org"
 SERVERS = {"a": "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43", "b": "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"}
 FOR = "2s"  # every alert's `for:`, shortened
 WAIT = 60.0

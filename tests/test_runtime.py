@@ -62,12 +62,10 @@ from tests.daemons import (
     scrape,
     total,
 )
+from tests.world import PEER, SERVER, TD
 
 pytestmark = pytest.mark.integration
 
-TD = "example.org"
-SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
-PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 PEER2 = "5e0c2f4a-1111-4222-8333-444455556666"
 SUMMARY_EVENTS = ("refresh_finished", "reclaim_finished")
 SUMMARY_FIELDS = ("job", "outcome", "actions", "aws_calls", "duration_seconds", "run_id")

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from daemon import spire
 from daemon.spire import ContractError
+from tests.world import TD
 
-TD = "example.org"
 SERVER = "0f8e4c2a-6b1d-4e3f-9a7c-5d2b8e1f3a6c"
 UUID = "0f8e4c2a-6b1d-4e3f-9a7c-5d2b8e1f3a6c"
 UUID_HEX = UUID.replace("-", "")
