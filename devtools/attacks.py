@@ -3,8 +3,8 @@
 Each function seeds a world in the emulator, runs the daemon through the AWS-faithful fault proxy
 (key states, alias dates, paging, SigV4 signing time), plays the adversary (a clock step, a
 lagging tagging index, a stray tag, a retry loop, an operator's restore, junk keys, an alias that
-points elsewhere, a reload mid-run) and returns an :class:`~devtools.scenarios.Outcome`: whether
-the world ended as it must, and which keys were wrongly touched. The same functions back
+points elsewhere, a reload mid-run) and returns a :class:`~devtools.scenarios.ScenarioOutcome`:
+whether the world ended as it must, and which keys were wrongly touched. The same functions back
 ``tests/test_attacks.py`` and rows of ``make reliability``.
 
 Clock steps use libfaketime (Debian's ``faketime``) on the daemon process: its wall clock follows
@@ -36,9 +36,9 @@ from devtools.scenarios import (
     TD,
     Final,
     Harness,
-    Outcome,
     Role,
     Run,
+    ScenarioOutcome,
     Seeder,
     judge,
 )
@@ -99,7 +99,7 @@ def _mutations_on(h: Harness, arn: str, since: int = 0) -> list[str]:
 # ------------------------------------------------------------------ 1. a clock step
 
 
-def clock_step(h: Harness) -> Outcome:
+def clock_step(h: Harness) -> ScenarioOutcome:
     """The host clock is 30 days ahead when a reclaim run starts and is stepped back (NTP) while
     the run's first request is answered 503 and retried. An HA pair: this server and a live peer,
     four keys each, stamped an hour ago; the share guard alone would let half of them go."""
@@ -111,7 +111,7 @@ def clock_step(h: Harness) -> Outcome:
         s.key(f"own {kid}", Role.BYSTANDER, Final.UNCHANGED, server=SERVER, key_id=kid,
               last_update=HOUR)  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "clock step mid-run",
         faults="host clock +30d at start, stepped back during a 503'd first request",
         world=world,
@@ -132,7 +132,7 @@ def clock_step(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ 2. a lagging index
 
 
-def stale_index(h: Harness) -> Outcome:
+def stale_index(h: Harness) -> ScenarioOutcome:
     """A server back after two weeks down stamps its key while the reclaim runs: KMS holds the
     fresh stamp, the tagging index still shows the old one."""
     h.fresh()
@@ -147,7 +147,7 @@ def stale_index(h: Harness) -> Outcome:
     world = s.done()
     old = str(int((s.now - 20 * DAY).timestamp()))
     h.proxy.stale_index({back: {**h.emulator.tags(back), spire.TAG_LAST_UPDATE: old}})
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "stale tagging index",
         faults="GetResources lists a 20-day-old stamp, KMS a fresh one",
         world=world,
@@ -178,7 +178,7 @@ def _raw_key(
     return arn
 
 
-def not_spire_key(h: Harness) -> Outcome:
+def not_spire_key(h: Harness) -> ScenarioOutcome:
     """A symmetric data key and a multi-Region key tagged with SPIRE's tags, stale."""
     h.fresh()
     s = Seeder(h)
@@ -193,7 +193,9 @@ def not_spire_key(h: Harness) -> Outcome:
     s.key("live peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_LIVE,
           key_id="x509-CA-A", last_update=HOUR)  # fmt: skip
     world = s.done()
-    outcome = Outcome("not SPIRE's keys", faults="3 non-SIGN_VERIFY/multi-Region keys", world=world)
+    outcome = ScenarioOutcome(
+        "not SPIRE's keys", faults="3 non-SIGN_VERIFY/multi-Region keys", world=world
+    )
     run = outcome.record(h.once("once", "--job", "reclaim"))
     outcome.expect(run.code == 0, f"exit code {run.code}, expected 0")
     outcome.expect(run.out.count("finding  not_spire_key") == 3, "not every stray key reported")
@@ -204,7 +206,7 @@ def not_spire_key(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ 4. retries slice the budget
 
 
-def retry_slicing(h: Harness, *, step_hours: int = 6, steps: int = 11) -> Outcome:
+def retry_slicing(h: Harness, *, step_hours: int = 6, steps: int = 11) -> ScenarioOutcome:
     """Eight dying keys crossing the threshold six hours apart, a run every six hours taken in
     turn by two daemons (retries, restarts and peers alike), max_reclaims=2 per 48 h: at most two
     deletions in any 48 h, whoever runs. Time moves on through libfaketime and AWS's clock."""
@@ -217,7 +219,7 @@ def retry_slicing(h: Harness, *, step_hours: int = 6, steps: int = 11) -> Outcom
     s.key("live peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_C, key_id="x509-CA-A",
           last_update=timedelta(minutes=1))  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "retries and peers slicing the budget",
         faults=f"{steps} runs {step_hours}h apart by 2 daemons, max_reclaims=2 per 48h",
         world=world,
@@ -255,7 +257,7 @@ def retry_slicing(h: Harness, *, step_hours: int = 6, steps: int = 11) -> Outcom
 # ------------------------------------------------------------------ 5. restored keys
 
 
-def restored_keys(h: Harness) -> Outcome:
+def restored_keys(h: Harness) -> ScenarioOutcome:
     """Twelve keys reclaimed five days ago and restored by an operator (CancelKeyDeletion and
     EnableKey, not re-tagged), and twelve left marked an hour ago by an interrupted run, with
     max_reclaims=3: no restored key is deleted again, and the interrupted ones go three at most."""
@@ -281,7 +283,7 @@ def restored_keys(h: Harness) -> Outcome:
     s.key("live peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_LIVE,
           key_id="x509-CA-A", last_update=HOUR)  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "restored keys and interrupted reclaims",
         faults="12 keys restored after a reclaim, 12 marks of an interrupted run; max_reclaims=3",
         world=world,
@@ -301,7 +303,7 @@ def restored_keys(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ 6. an inflated denominator
 
 
-def inflated_denominator(h: Harness) -> Outcome:
+def inflated_denominator(h: Harness) -> ScenarioOutcome:
     """Two of three servers dead, max_reclaim_fraction=0.5, and thirty junk keys (only
     spire-server-td and spire-active=true) plus ten fresh keys of invented servers, pending
     deletion: none of them may make two of three look like a small share."""
@@ -319,7 +321,7 @@ def inflated_denominator(h: Harness) -> Outcome:
         s.key(f"ghost server {i} key (pending)", Role.BYSTANDER, Final.UNCHANGED,
               server=f"ghost-{i}", key_id="x509-CA-A", last_update=HOUR, pending=True)  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "inflated denominator",
         faults="30 junk keys, 10 pending keys of invented servers; 2 of 3 servers dead",
         world=world,
@@ -335,7 +337,7 @@ def inflated_denominator(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ 7. our alias on a dead key
 
 
-def alias_elsewhere(h: Harness) -> Outcome:
+def alias_elsewhere(h: Harness) -> ScenarioOutcome:
     """This server's alias points to a dead peer's key and was last updated 15 days ago: the
     refresh must not bump it (that would keep the dead key alias-fresh forever), and the reclaim
     takes the key."""
@@ -351,7 +353,7 @@ def alias_elsewhere(h: Harness) -> Outcome:
     s.key("live peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_LIVE,
           key_id="x509-CA-A", last_update=HOUR)  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "this server's alias on a dead peer's key",
         faults="alias last updated 15 days ago",
         world=world,
@@ -368,7 +370,7 @@ def alias_elsewhere(h: Harness) -> Outcome:
 # ------------------------------------------------------------------ 8. a reload turns dry run on
 
 
-def dry_run_reload(h: Harness) -> Outcome:
+def dry_run_reload(h: Harness) -> ScenarioOutcome:
     """``systemctl reload`` with ``dry_run = true`` while a reclaim of three keys is under way
     (deletions paced two seconds apart): the writes not yet sent are not sent."""
     h.fresh()
@@ -389,7 +391,7 @@ def dry_run_reload(h: Harness) -> Outcome:
     s.key("live peer key", Role.BYSTANDER, Final.UNCHANGED, server=PEER_LIVE,
           key_id="x509-CA-A", last_update=HOUR)  # fmt: skip
     world = s.done()
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "a reload turning dry run on mid-run",
         faults="SIGHUP with dry_run = true after the first of 3 deletions",
         world=world,

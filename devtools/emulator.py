@@ -42,7 +42,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -58,6 +57,7 @@ from moto.resourcegroupstaggingapi.models import ResourceGroupsTaggingAPIBackend
 from moto.server import ThreadedMotoServer
 
 from daemon import spire
+from devtools.service import Service
 
 __all__ = ["ACCOUNT_ID", "REGION", "Emulator", "free_port"]
 
@@ -310,7 +310,7 @@ def _without_profile() -> Iterator[None]:
         os.environ.update(saved)
 
 
-class Emulator:
+class Emulator(Service):
     """A moto server in this process (ThreadedMotoServer on 127.0.0.1, a free port) plus
     in-process seeding through moto's backend.
 
@@ -327,13 +327,6 @@ class Emulator:
         self.clock_skew = timedelta(0)
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``; only valid while started."""
-        if self._endpoint_url is None:
-            raise RuntimeError("Emulator is not started")
-        return self._endpoint_url
 
     def start(self) -> None:
         """Start the moto server (no-op when already running)."""
@@ -364,18 +357,6 @@ class Emulator:
         self._endpoint_url = None
         if server is not None:
             server.stop()
-
-    def __enter__(self) -> Emulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Clear all moto state (``POST /moto-api/reset``) and the clock skew."""

@@ -98,10 +98,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, ClientTimeout, web
+
+from devtools.service import Service
 
 if TYPE_CHECKING:
     from devtools.emulator import Emulator
@@ -330,7 +331,7 @@ class _Reset(Exception):
     """Drop the client's connection instead of answering."""
 
 
-class FaultProxy:
+class FaultProxy(Service):
     """A reverse proxy to ``upstream`` that makes it behave like AWS, injects faults by operation
     and records requests.
 
@@ -373,13 +374,6 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ lifecycle
 
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``; only valid while started."""
-        if self._endpoint_url is None:
-            raise RuntimeError("FaultProxy is not started")
-        return self._endpoint_url
-
     def start(self) -> None:
         """Start serving on 127.0.0.1 (an OS-assigned port) in a background thread."""
         if self._thread is not None:
@@ -402,18 +396,6 @@ class FaultProxy:
         loop.close()
         self._loop = self._thread = None
         self._endpoint_url = None
-
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def _serve(self) -> int:
         self._session = ClientSession(

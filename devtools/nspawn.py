@@ -26,7 +26,8 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+
+from devtools.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "nspawn"
@@ -179,7 +180,7 @@ def build_wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-class Container:
+class Container(Service):
     """A booted container; see the module docstring."""
 
     def __init__(self, tree: Path, process: subprocess.Popen[bytes], console: Path) -> None:
@@ -264,15 +265,10 @@ class Container:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
-    def __enter__(self) -> Container:
-        return self
+    def start(self) -> None:
+        """Nothing: :meth:`boot` returns a container already booted."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self.shutdown()
 
 

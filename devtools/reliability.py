@@ -31,17 +31,17 @@ from pathlib import Path
 from devtools import attacks, scenarios
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
-from devtools.scenarios import Harness, Outcome
+from devtools.scenarios import Harness, ScenarioOutcome
 from devtools.spire_health import SpireHealth
 
-Row = tuple[str, Callable[[Harness], Outcome]]
+Row = tuple[str, Callable[[Harness], ScenarioOutcome]]
 KNOWN_BUG = "[known bug]"
 
 
 def rows(examples: int, seeds: Sequence[int]) -> list[Row]:
     """The matrix, in the order it is printed."""
 
-    def throttled(h: Harness) -> Outcome:
+    def throttled(h: Harness) -> ScenarioOutcome:
         with scenarios.fast_backoff():
             trials = [scenarios.throttling(h, rate=0.5, seed=seed) for seed in seeds]
         counts = ", ".join(
@@ -53,11 +53,11 @@ def rows(examples: int, seeds: Sequence[int]) -> list[Row]:
             trials,
         )
 
-    def bursts(h: Harness) -> Outcome:
+    def bursts(h: Harness) -> ScenarioOutcome:
         with scenarios.fast_backoff():
             return scenarios.throttling(h, bursts=True)
 
-    def lost(h: Harness) -> Outcome:
+    def lost(h: Harness) -> ScenarioOutcome:
         with scenarios.fast_backoff():
             return scenarios.lost_answers(h)
 
@@ -104,13 +104,13 @@ KNOWN_BUGS: list[Row] = [
 ]
 
 
-def _converged(outcome: Outcome) -> str:
+def _converged(outcome: ScenarioOutcome) -> str:
     if outcome.trials == 1:
         return "yes" if outcome.converged else "NO"
     return f"{outcome.converged_trials}/{outcome.trials}"
 
 
-def table(results: Sequence[tuple[str, Outcome, float]]) -> str:
+def table(results: Sequence[tuple[str, ScenarioOutcome, float]]) -> str:
     """Render the results as an aligned text table."""
     headers = ["scenario", "faults injected", "runs", "converged", "wrongly touched", "time"]
     body = [
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen:
         parser.error("--only matched no row")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    results: list[tuple[str, Outcome, float]] = []
+    results: list[tuple[str, ScenarioOutcome, float]] = []
     skipped: list[str] = []
     started = time.monotonic()
     with (

@@ -13,8 +13,9 @@ emulator, plus every mutating request the proxy saw:
   ``spire-active=true`` or an alias refresh to the same target for a serving key; nothing at all for
   a bystander), or ended harmed.
 
-The same functions back ``tests/test_reliability.py`` (which asserts on their :class:`Outcome`)
-and ``make reliability`` (``devtools/reliability.py``, which prints them as a table).
+The same functions back ``tests/test_reliability.py`` (which asserts on their
+:class:`ScenarioOutcome`) and ``make reliability`` (``devtools/reliability.py``, which prints
+them as a table).
 
 Runs are the real CLI: ``daemon.cli.main`` in-process, or ``python -m daemon`` as a subprocess
 where a process must die (SIGKILL from the proxy) or two daemons must run at once.
@@ -56,8 +57,8 @@ __all__ = [
     "Final",
     "Harness",
     "KeySpec",
-    "Outcome",
     "Role",
+    "ScenarioOutcome",
     "World",
     "access_denied",
     "aws_environment",
@@ -649,7 +650,7 @@ def judge(
 
 
 @dataclass
-class Outcome:
+class ScenarioOutcome:
     """A scenario's figures and, when it did not hold, why."""
 
     scenario: str
@@ -702,7 +703,7 @@ class Outcome:
         return "\n".join(lines)
 
 
-def _expect_code(outcome: Outcome, run: Run, codes: Iterable[int], what: str) -> None:
+def _expect_code(outcome: ScenarioOutcome, run: Run, codes: Iterable[int], what: str) -> None:
     wanted = set(codes)
     outcome.expect(run.code in wanted, f"{what}: exit code {run.code}, expected {sorted(wanted)}")
 
@@ -710,11 +711,11 @@ def _expect_code(outcome: Outcome, run: Run, codes: Iterable[int], what: str) ->
 # ------------------------------------------------------------------ fault-free control
 
 
-def fault_free(h: Harness) -> tuple[Outcome, dict[str, Any], int]:
+def fault_free(h: Harness) -> tuple[ScenarioOutcome, dict[str, Any], int]:
     """The fleet world, one ``once`` without faults: outcome, final fingerprint, requests made."""
     h.fresh()
     world = seed_fleet(h)
-    outcome = Outcome("fault-free control", world=world)
+    outcome = ScenarioOutcome("fault-free control", world=world)
     run = outcome.record(h.once("once"))
     _expect_code(outcome, run, [0], "fault-free once")
     outcome.absorb(judge(h, world))
@@ -734,7 +735,7 @@ def mutating_calls_per_run(h: Harness) -> int:
 
 def throttling(
     h: Harness, *, rate: float = 0.5, seed: int = 1, max_runs: int = 8, bursts: bool = False
-) -> Outcome:
+) -> ScenarioOutcome:
     """Throttle ``rate`` of all calls (seeded), or bursts, and run ``once`` until a clean run
     (at most ``max_runs``); the end state must equal a fault-free control run's on an identically
     seeded world, with retries bounded by the control's request count times MAX_ATTEMPTS.
@@ -751,7 +752,9 @@ def throttling(
     else:
         h.proxy.throttle_rate(rate, seed=seed)
         faults = f"throttling on {rate:.0%} of all calls (seed {seed})"
-    outcome = Outcome(f"throttling, {'bursts' if bursts else f'{rate:.0%} of calls'}", world=world)
+    outcome = ScenarioOutcome(
+        f"throttling, {'bursts' if bursts else f'{rate:.0%} of calls'}", world=world
+    )
     outcome.problems += [f"[control] {p}" for p in control.problems]
     for _ in range(max_runs):
         run = outcome.record(h.once("once"))
@@ -782,12 +785,12 @@ def throttling(
 # ------------------------------------------------------------------ SIGKILL mid-run
 
 
-def kill_after_mutation(h: Harness, k: int) -> Outcome:
+def kill_after_mutation(h: Harness, k: int) -> ScenarioOutcome:
     """Run ``python -m daemon once`` and SIGKILL it once its ``k``-th mutating call was carried
     out, before it gets the answer; the next run must converge."""
     h.fresh()
     world = seed_fleet(h)
-    outcome = Outcome(f"SIGKILL after mutating call {k}", world=world)
+    outcome = ScenarioOutcome(f"SIGKILL after mutating call {k}", world=world)
     box: dict[str, int] = {}
     h.proxy.kill_after(MUTATING, k, lambda: box.get("pid"))
     process = h.spawn("once")
@@ -819,7 +822,7 @@ def _is_mark(body: Mapping[str, Any]) -> bool:
     )
 
 
-def two_daemons(h: Harness) -> Outcome:
+def two_daemons(h: Harness) -> ScenarioOutcome:
     """Two servers of one trust domain reclaim at the same moment (two subprocesses; the proxy
     holds each key's TagResource and ScheduleKeyDeletion until both daemons sent theirs)."""
     h.fresh()
@@ -843,7 +846,7 @@ def two_daemons(h: Harness) -> Outcome:
     for operation in ("TagResource", "TagResources"):  # the marks, however they are sent
         h.proxy.barrier(operation, parties=2, per_key=True, timeout=8, where=_is_mark)
     h.proxy.barrier("ScheduleKeyDeletion", parties=2, per_key=True, timeout=8)
-    outcome = Outcome("two daemons reclaim at once", world=world)
+    outcome = ScenarioOutcome("two daemons reclaim at once", world=world)
     first = h.spawn("once", server_id=SERVER)
     second = h.spawn("once", server_id=PEER_LIVE)
     runs = [outcome.record(h.finish(first)), outcome.record(h.finish(second))]
@@ -892,7 +895,7 @@ def _seed_clock_world(h: Harness) -> tuple[Seeder, World]:
     return s, s.done()
 
 
-def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> Outcome:
+def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> ScenarioOutcome:
     """The host clock ``minutes`` ahead of AWS's (negative: behind).
 
     Within SigV4's 5 minutes AWS takes the requests: staleness is judged on AWS's clock (a key
@@ -905,7 +908,7 @@ def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> Outcome:
     _, world = _seed_clock_world(h)
     direction = "ahead" if minutes > 0 else "behind"
     amount = format_duration(timedelta(minutes=abs(minutes)))
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         f"host clock {amount} {direction} (tolerance {tolerance})",
         faults=f"AWS's clock {amount} {'behind' if minutes > 0 else 'ahead of'} the host's, "
         "SigV4 signing time checked",
@@ -934,7 +937,7 @@ def clock_skew(h: Harness, minutes: int, *, tolerance: str = "5m") -> Outcome:
     return outcome
 
 
-def keys_listing_under_clock_skew(h: Harness, minutes: int) -> Outcome:
+def keys_listing_under_clock_skew(h: Harness, minutes: int) -> ScenarioOutcome:
     """``keys --output json`` from a host ``minutes`` ahead of AWS: verdicts are judged on AWS's
     clock (contract §6.2), so the key 2 minutes short of stale is never listed "stale"."""
     outcome = clock_skew(h, minutes)
@@ -1067,7 +1070,7 @@ def key_specs(now: int | None = None) -> st.SearchStrategy[KeySpec]:
     )
 
 
-def malformed_tags(h: Harness, specs: Sequence[KeySpec]) -> Outcome:
+def malformed_tags(h: Harness, specs: Sequence[KeySpec]) -> ScenarioOutcome:
     """Seed ``specs`` as old, Enabled peer keys and run ``once --job reclaim``, then ``keys
     --output json``: only the keys the oracle calls stale may end reclaimed (and they must), and
     every anomaly is reported (verdict in ``keys``, a finding in ``once``)."""
@@ -1092,7 +1095,7 @@ def malformed_tags(h: Harness, specs: Sequence[KeySpec]) -> Outcome:
         s.world.finals[name] = Final.RECLAIMED if reclaim else Final.UNCHANGED
         s.world.owners[name] = (spec.server_id or "", spec.key_id or "")
     world = s.done()
-    outcome = Outcome("malformed and hand-edited tags", world=world)
+    outcome = ScenarioOutcome("malformed and hand-edited tags", world=world)
     outcome.faults = f"{len(specs)} hand-edited keys ({Counter(expected.values())})"
     run = outcome.record(h.once("once", "--job", "reclaim"))
     _expect_code(outcome, run, [0], "once --job reclaim")
@@ -1137,7 +1140,7 @@ def _peer_refreshes_aliases(h: Harness, aliases: Iterable[str]) -> None:
         kms.update_alias(AliasName=alias, TargetKeyId=target)
 
 
-def mixed_fleet(h: Harness, alias_age_days: int) -> Outcome:
+def mixed_fleet(h: Harness, alias_age_days: int) -> ScenarioOutcome:
     """A peer in alias mode: stale (or missing) ``spire-last-update``, its aliases updated
     ``alias_age_days`` ago (0: just now, through the proxy, as its SPIRE server does). Fresh
     aliases keep its keys; 20-day-old ones do not."""
@@ -1161,7 +1164,7 @@ def mixed_fleet(h: Harness, alias_age_days: int) -> Outcome:
         _peer_refreshes_aliases(h, peer_aliases)
     since = h.mark()
     when = "just now" if not alias_age_days else f"{alias_age_days} days ago"
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         f"mixed fleet, peer alias updated {when}",
         world=world,
     )
@@ -1187,7 +1190,7 @@ def mixed_fleet(h: Harness, alias_age_days: int) -> Outcome:
 # ------------------------------------------------------------------ an operator restores keys
 
 
-def operator_restore(h: Harness) -> Outcome:
+def operator_restore(h: Harness) -> ScenarioOutcome:
     """Keys reclaimed, then restored by an operator (CancelKeyDeletion leaves them Disabled;
     some are enabled again, re-tagged or protected): none is deleted again without a fresh stale
     verdict."""
@@ -1208,7 +1211,7 @@ def operator_restore(h: Harness) -> Outcome:
         s.key(name, Role.DEAD, Final.RECLAIMED, server=PEER_DEAD, key_id=kid,
               last_update=20 * DAY)  # fmt: skip
     world = s.done()
-    outcome = Outcome("operator restores reclaimed keys", world=world)
+    outcome = ScenarioOutcome("operator restores reclaimed keys", world=world)
     run = outcome.record(h.once("once"))
     _expect_code(outcome, run, [0], "first once")
     outcome.absorb(judge(h, world), trial="before the restore", counts=False)
@@ -1322,7 +1325,7 @@ _AFTER_FAILURE = {
 _FAILURE_LINE = re.compile(r"^\s+failure\s+(?P<kind>\S+)\s+(?P<target>\S+)\s.*$", re.MULTILINE)
 
 
-def access_denied(h: Harness, label: str) -> Outcome:
+def access_denied(h: Harness, label: str) -> ScenarioOutcome:
     """Deny a mutating operation (``DENIALS[label]``): the run names each key that failed and
     the permission it lacks, exits 3 (0 when a fallback made every action succeed), and carries
     on with every other key's actions."""
@@ -1332,7 +1335,7 @@ def access_denied(h: Harness, label: str) -> Outcome:
     keys = [world.arn(denial.only)] if denial.only else None
     for operation in denial.operations:
         h.proxy.deny(operation, keys=keys)
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         f"AccessDenied on {label}",
         faults=f"AccessDeniedException on {' and '.join(denial.operations)}"
         + (" (key policy, one key)" if denial.only else ""),
@@ -1376,14 +1379,16 @@ def access_denied(h: Harness, label: str) -> Outcome:
 # ------------------------------------------------------------------ answers lost in transit
 
 
-def lost_answers(h: Harness, *, rate: float = 0.5, seed: int = 3, max_runs: int = 3) -> Outcome:
+def lost_answers(
+    h: Harness, *, rate: float = 0.5, seed: int = 3, max_runs: int = 3
+) -> ScenarioOutcome:
     """Drop the connection *after* the emulator carried out ``rate`` of the mutating calls: the
     client retries a change that already happened (AWS then refuses a second
     ScheduleKeyDeletion). The fleet must still converge, no key scheduled twice."""
     h.fresh()
     world = seed_fleet(h)
     h.proxy.reset_connection(MUTATING, after_forward=True, rate=rate, seed=seed)
-    outcome = Outcome("answers lost after the change", world=world)
+    outcome = ScenarioOutcome("answers lost after the change", world=world)
     for _ in range(max_runs):
         run = outcome.record(h.once("once"))
         _expect_code(outcome, run, [0, 1], f"run {outcome.runs}")
@@ -1407,7 +1412,9 @@ def lost_answers(h: Harness, *, rate: float = 0.5, seed: int = 3, max_runs: int 
 # ------------------------------------------------------------------ a replica rotates an alias
 
 
-def replica_rotates_alias(h: Harness, before: str = "TagResources", nth: int = 1) -> Outcome:
+def replica_rotates_alias(
+    h: Harness, before: str = "TagResources", nth: int = 1
+) -> ScenarioOutcome:
     """A replica of this server (same server ID) points x509-CA-A's alias at its new key while
     the daemon's refresh run is under way, just before the daemon's ``nth`` ``before`` call
     (for DescribeKey and UpdateAlias: the ``nth`` on that alias; the second DescribeKey is the
@@ -1441,7 +1448,7 @@ def replica_rotates_alias(h: Harness, before: str = "TagResources", nth: int = 1
         h.emulator.backend.update_alias(key_id_of(arn), alias)  # moto: (target, alias name)
 
     h.proxy.before(before, rotate)
-    outcome = Outcome(
+    outcome = ScenarioOutcome(
         "a replica rotates an alias mid-run",
         faults="UpdateAlias by a replica between the daemon's observation and its alias refresh",
         world=world,
@@ -1461,9 +1468,9 @@ def replica_rotates_alias(h: Harness, before: str = "TagResources", nth: int = 1
 # ------------------------------------------------------------------ aggregates (the table's rows)
 
 
-def combine(scenario: str, faults: str, outcomes: Sequence[Outcome]) -> Outcome:
+def combine(scenario: str, faults: str, outcomes: Sequence[ScenarioOutcome]) -> ScenarioOutcome:
     """One row for many trials: runs add up, each trial converged or not."""
-    row = Outcome(scenario, faults=faults, trials=len(outcomes))
+    row = ScenarioOutcome(scenario, faults=faults, trials=len(outcomes))
     for i, outcome in enumerate(outcomes, 1):
         row.runs += outcome.runs
         row.converged_trials += int(outcome.converged)
@@ -1473,7 +1480,7 @@ def combine(scenario: str, faults: str, outcomes: Sequence[Outcome]) -> Outcome:
     return row
 
 
-def kill_matrix(h: Harness) -> Outcome:
+def kill_matrix(h: Harness) -> ScenarioOutcome:
     """SIGKILL after each mutating call k = 1..K of a fault-free run (K measured first)."""
     total = mutating_calls_per_run(h)
     outcomes = [kill_after_mutation(h, k) for k in range(1, total + 1)]
@@ -1483,9 +1490,9 @@ def kill_matrix(h: Harness) -> Outcome:
     return combine("SIGKILL mid-run, then the next run", faults, outcomes)
 
 
-def malformed_matrix(h: Harness, examples: int = 20) -> Outcome:
+def malformed_matrix(h: Harness, examples: int = 20) -> ScenarioOutcome:
     """The malformed-tags scenario on ``examples`` hypothesis-generated batches."""
-    outcomes: list[Outcome] = []
+    outcomes: list[ScenarioOutcome] = []
 
     @settings(
         max_examples=examples,

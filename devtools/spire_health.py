@@ -23,7 +23,8 @@ import http.server
 import json
 import threading
 import time
-from types import TracebackType
+
+from devtools.service import Service
 
 __all__ = ["STATES", "SpireHealth"]
 
@@ -31,7 +32,7 @@ __all__ = ["STATES", "SpireHealth"]
 STATES = ("alive", "dead", "unavailable", "hang", "closed")
 
 
-class SpireHealth:
+class SpireHealth(Service):
     """A fake SPIRE health listener on 127.0.0.1; see the module docstring."""
 
     def __init__(self, state: str = "alive", live_path: str = "/live") -> None:
@@ -105,14 +106,6 @@ class SpireHealth:
         if self.state == "closed":
             self.stop()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         stand_in = self

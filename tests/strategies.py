@@ -3,7 +3,7 @@
 Builders make one hand-written key or alias at a time; strategies generate whole trust domains:
 several servers (this one among them), random and malformed tags, random key states, creation
 dates and aliases. A reclaim "world" is the ground truth (every key described, every alias
-listed); :func:`observe_reclaim` derives from it what the observer would hand the planner.
+listed); :func:`derive_observation` derives from it what the observer would hand the planner.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def apply_reclaim(snapshot: ReclaimSnapshot, plan: Plan) -> ReclaimSnapshot:
     return replace(snapshot, keys=tuple(keys.values()), own_aliases=own_aliases)
 
 
-def observe_reclaim(
+def derive_observation(
     truth: ReclaimSnapshot, now: datetime, policy: ReclaimPolicy, full_view: bool
 ) -> ReclaimSnapshot:
     """The observer's view of ``truth``: state only where the planner asks for it."""
@@ -407,7 +407,7 @@ class ReclaimWorld:
     @property
     def observed(self) -> ReclaimSnapshot:
         """What the observer hands the planner."""
-        return observe_reclaim(self.truth, self.now, self.policy, self.full_view)
+        return derive_observation(self.truth, self.now, self.policy, self.full_view)
 
 
 @st.composite

@@ -16,7 +16,7 @@ import pytest
 from devtools import attacks
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
-from devtools.scenarios import Harness, Outcome
+from devtools.scenarios import Harness, ScenarioOutcome
 from devtools.spire_health import SpireHealth
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def _restore_logging(restore_logging: None) -> None:
     """Some attacks run the CLI in-process."""
 
 
-def holds(outcome: Outcome) -> None:
+def holds(outcome: ScenarioOutcome) -> None:
     assert outcome.ok, outcome.explain()
 
 

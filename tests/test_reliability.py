@@ -33,7 +33,7 @@ from daemon import spire
 from devtools import reliability, scenarios
 from devtools.emulator import REGION, Emulator
 from devtools.faultproxy import MUTATING, FaultProxy, key_id_of
-from devtools.scenarios import Harness, KeySpec, Outcome
+from devtools.scenarios import Harness, KeySpec, ScenarioOutcome
 from devtools.spire_health import SpireHealth
 
 pytestmark = pytest.mark.integration
@@ -64,12 +64,12 @@ def fast_backoff() -> Iterator[None]:
         yield
 
 
-def holds(outcome: Outcome) -> None:
+def holds(outcome: ScenarioOutcome) -> None:
     """The scenario converged and wrongly touched no key."""
     assert outcome.ok, outcome.explain()
 
 
-def state(h: Harness, outcome: Outcome, name: str) -> tuple[str, str | None]:
+def state(h: Harness, outcome: ScenarioOutcome, name: str) -> tuple[str, str | None]:
     assert outcome.world is not None
     arn = outcome.world.arn(name)
     return h.emulator.key_state(arn), h.emulator.tags(arn).get(spire.TAG_ACTIVE)
@@ -577,8 +577,8 @@ def test_access_denied_reports_the_failed_keys_and_carries_on(h: Harness, label:
 
 
 def test_reliability_table_renders_every_column() -> None:
-    ok = Outcome("a", faults="throttling", runs=3, converged_trials=1)
-    partial = Outcome("b", faults="kill", runs=18, trials=9, converged_trials=8)
+    ok = ScenarioOutcome("a", faults="throttling", runs=3, converged_trials=1)
+    partial = ScenarioOutcome("b", faults="kill", runs=18, trials=9, converged_trials=8)
     partial.wrongly_touched.add("serving key")
     text = reliability.table([("row a", ok, 1.0), ("row b", partial, 12.5)])
     lines = text.splitlines()

@@ -633,7 +633,7 @@ def make_report(
     )
 
 
-class Harness:
+class RuntimeHarness:
     """A Daemon on fake settings, clock and API, whose job bodies return queued reports."""
 
     def __init__(
@@ -683,11 +683,11 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
-    return Harness(tmp_path, monkeypatch, "6h")
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RuntimeHarness:
+    return RuntimeHarness(tmp_path, monkeypatch, "6h")
 
 
-def paused_scheduler(harness: Harness) -> AsyncIOScheduler:
+def paused_scheduler(harness: RuntimeHarness) -> AsyncIOScheduler:
     """A started but paused scheduler (jobs are stored, as in the daemon, but never fire)."""
     scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone="UTC")
     scheduler.start(paused=True)
@@ -696,13 +696,13 @@ def paused_scheduler(harness: Harness) -> AsyncIOScheduler:
 
 
 @pytest.fixture
-async def scheduler(harness: Harness) -> AsyncIterator[AsyncIOScheduler]:
+async def scheduler(harness: RuntimeHarness) -> AsyncIterator[AsyncIOScheduler]:
     scheduler = paused_scheduler(harness)
     yield scheduler
     scheduler.shutdown(wait=False)
 
 
-async def test_healthz_starting_before_the_first_refresh(harness: Harness) -> None:
+async def test_healthz_starting_before_the_first_refresh(harness: RuntimeHarness) -> None:
     status, body = harness.daemon.healthz()
     assert status == 503
     assert body["status"] == "starting"
@@ -713,7 +713,7 @@ async def test_healthz_starting_before_the_first_refresh(harness: Harness) -> No
     assert harness.daemon.healthz()[0] == 503
 
 
-async def test_healthz_ok_after_success_until_two_intervals(harness: Harness) -> None:
+async def test_healthz_ok_after_success_until_two_intervals(harness: RuntimeHarness) -> None:
     await harness.run(Job.REFRESH, make_report(Job.REFRESH))
     succeeded = harness.clock.now
     status, body = harness.daemon.healthz()
@@ -733,7 +733,7 @@ async def test_healthz_ok_after_success_until_two_intervals(harness: Harness) ->
     assert harness.daemon.healthz(succeeded + timedelta(hours=1))[0] == 200
 
 
-async def test_healthz_503_when_the_last_refresh_failed(harness: Harness) -> None:
+async def test_healthz_503_when_the_last_refresh_failed(harness: RuntimeHarness) -> None:
     await harness.run(Job.REFRESH, make_report(Job.REFRESH))
     harness.clock.advance(timedelta(minutes=1))
     await harness.run(Job.REFRESH, make_report(Job.REFRESH, error="GetResources: InternalFailure"))
@@ -749,7 +749,7 @@ async def test_healthz_503_when_the_last_refresh_failed(harness: Harness) -> Non
 
 
 async def test_transient_failure_schedules_a_retry_with_backoff(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     failed = make_report(Job.REFRESH, error="GetResources: InternalFailure")
 
@@ -773,7 +773,7 @@ async def test_transient_failure_schedules_a_retry_with_backoff(
 
 
 async def test_no_retry_for_permission_denied_refusal_or_success(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     await harness.run(
         Job.REFRESH,
@@ -786,7 +786,7 @@ async def test_no_retry_for_permission_denied_refusal_or_success(
 
 
 async def test_a_spire_server_that_is_not_alive_is_asked_again_soon(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     """A refused refresh for a dead SPIRE server is retried with backoff (one HTTP GET each)."""
     down = make_report(Job.REFRESH, refusal=Refusal.SPIRE_NOT_ALIVE)
@@ -846,7 +846,7 @@ def test_no_retry_due_at_half_the_interval_or_later() -> None:
 
 
 async def test_crashed_run_is_recorded_and_retried(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     """A bug in a job (not an AWS error) is reported as a failure; the daemon keeps going."""
     report = await harness.run(Job.REFRESH, RuntimeError("kaboom"))
@@ -867,7 +867,7 @@ async def test_no_retry_when_the_next_tick_is_soon_enough(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a 40 s interval, a 30 s retry is not worth it: the next tick comes anyway."""
-    harness = Harness(tmp_path, monkeypatch, "40s")
+    harness = RuntimeHarness(tmp_path, monkeypatch, "40s")
     scheduler = paused_scheduler(harness)
     try:
         await harness.run(Job.REFRESH, make_report(Job.REFRESH, error="boom"))
@@ -877,7 +877,7 @@ async def test_no_retry_when_the_next_tick_is_soon_enough(
 
 
 async def test_no_run_and_no_retry_once_stopping(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     harness.daemon.request_stop()
     harness.queue[Job.REFRESH].append(make_report(Job.REFRESH, error="boom"))
@@ -886,7 +886,7 @@ async def test_no_run_and_no_retry_once_stopping(
     assert scheduler.get_jobs() == []
 
 
-async def test_aws_calls_reach_the_metrics(harness: Harness) -> None:
+async def test_aws_calls_reach_the_metrics(harness: RuntimeHarness) -> None:
     harness.api.stats.record("GetResources", "success")
     harness.api.stats.record("GetResources", "denied")
     for outcome, expected in (("success", 1.0), ("denied", 1.0), ("throttled", 0.0)):
@@ -901,7 +901,7 @@ async def test_graceful_stop_cancels_a_run_still_going_at_the_deadline(
 ) -> None:
     """Daemon.run() end to end in-process, with a 0.3 s stop deadline and a run that hangs."""
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    harness = Harness(tmp_path, monkeypatch, "6h", stop_deadline=0.3)
+    harness = RuntimeHarness(tmp_path, monkeypatch, "6h", stop_deadline=0.3)
     harness.daemon.ctx.clock = lambda: datetime.now(UTC)  # the scheduler runs on real time
     began, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -971,7 +971,7 @@ def test_metrics_address_in_use_is_a_configuration_error(
 
 
 async def test_reload_with_changed_interval_runs_nothing_early(
-    harness: Harness, scheduler: AsyncIOScheduler
+    harness: RuntimeHarness, scheduler: AsyncIOScheduler
 ) -> None:
     """SIGHUP applies a new interval; it neither runs refresh at once nor delays reclaim."""
     daemon = harness.daemon
