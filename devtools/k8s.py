@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -22,6 +20,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from devtools.gotool import go
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -38,29 +38,20 @@ class NoTool(Exception):
     """kustomize or the CRD schemas cannot be had here (no go, no module proxy)."""
 
 
-def _go() -> str:
-    go = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
-    if go is None:
-        raise NoTool("go is not on PATH")
-    return go
-
-
 def kustomize() -> Path:
     """The kustomize binary, built with ``go install`` when absent."""
     target = CACHE / "kustomize" / KUSTOMIZE_VERSION / "kustomize"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [_go(), "install", f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"],
-        env={**os.environ, "GOBIN": str(target.parent)},
-        capture_output=True,
-        text=True,
+    done = go(
+        "install",
+        f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}",
+        env={"GOBIN": str(target.parent)},
         timeout=1200,
-        check=False,
     )
+    if done is None:
+        raise NoTool("go is not on PATH")
     if done.returncode != 0 or not target.exists():
         raise NoTool(f"kustomize {KUSTOMIZE_VERSION} does not build: {done.stderr[-1500:]}")
     return target
@@ -68,13 +59,9 @@ def kustomize() -> Path:
 
 def crd_schemas() -> dict[str, dict[str, Any]]:
     """``kind`` -> the openAPIV3Schema of the Prometheus Operator CRDs the manifests use."""
-    done = subprocess.run(
-        [_go(), "mod", "download", "-json", f"{OPERATOR_MODULE}@{OPERATOR_VERSION}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = go("mod", "download", "-json", f"{OPERATOR_MODULE}@{OPERATOR_VERSION}", timeout=600)
+    if done is None:
+        raise NoTool("go is not on PATH")
     try:
         folder = Path(json.loads(done.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
     except (ValueError, KeyError):

@@ -128,20 +128,7 @@ def root() -> Path:
     # its CA): the dependencies are built into wheels on the host and installed from them, as
     # docs/install.md describes for hosts without an index.
     wheels = target / "wheels"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--wheel-dir",
-            str(wheels),
-            *_dependencies(),
-        ],
-        900,
-        "building the dependencies' wheels",
-    )
+    _run(_pip_wheel(wheels, *_dependencies()), 900, "building the dependencies' wheels")
     _nspawn_run(
         tree,
         f"python3 -m venv {VENV} && {VENV}/bin/pip install --quiet --no-index"
@@ -155,21 +142,15 @@ def root() -> Path:
     return tree
 
 
+def _pip_wheel(out: Path, *what: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), *what]
+
+
 def build_wheel(out: Path) -> Path:
     """A wheel of the working tree (no dependencies), for the container to install."""
     out.mkdir(parents=True, exist_ok=True)
     _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--wheel-dir",
-            str(out),
-            str(ROOT),
-        ],
+        _pip_wheel(out, "--no-deps", str(ROOT)),
         300,
         "building the wheel",
         RuntimeError,  # a project that does not build is a failure, not a machine's limit

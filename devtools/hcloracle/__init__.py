@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.spire_config import SpireConfigError, SpireValue, decode_spire_server_config
+from devtools.gotool import go, go_binary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -35,8 +34,7 @@ class NoGo(Exception):
 
 def oracle() -> Path:
     """The oracle binary, built if its sources changed since the last build."""
-    go = shutil.which("go")
-    if go is None:
+    if go_binary() is None:
         raise NoGo("go is not on PATH")
     digest = hashlib.sha256()
     for name in _SOURCES:
@@ -45,16 +43,17 @@ def oracle() -> Path:
     if binary.exists():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
-    done = subprocess.run(
-        [go, "build", "-o", str(binary.with_suffix(".tmp")), "."],
+    done = go(
+        "build",
+        "-o",
+        str(binary.with_suffix(".tmp")),
+        ".",
         cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={"GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"},
         timeout=600,
-        check=False,
     )
+    if done is None:
+        raise NoGo("go is not on PATH")
     if done.returncode != 0:
         raise NoGo(f"the oracle does not build: {done.stderr.strip()[-2000:]}")
     binary.with_suffix(".tmp").replace(binary)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.emulator import REGION, free_port
+from devtools.gotool import go
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -53,21 +53,20 @@ def binary() -> Path:
     target = CACHE / version / "spire-server"
     if target.exists():
         return target
-    go = shutil.which("go")
-    if go is None:
-        raise NoSpire("go is not on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".tmp")
     started = time.monotonic()
-    done = subprocess.run(
-        [go, "build", "-o", str(partial), "github.com/spiffe/spire/cmd/spire-server"],
+    done = go(
+        "build",
+        "-o",
+        str(partial),
+        "github.com/spiffe/spire/cmd/spire-server",
         cwd=HERE,
-        env={**os.environ, "GOFLAGS": "-mod=readonly"},
-        capture_output=True,
-        text=True,
+        env={"GOFLAGS": "-mod=readonly"},
         timeout=1800,
-        check=False,
     )
+    if done is None:
+        raise NoSpire("go is not on PATH")
     if done.returncode != 0:
         raise NoSpire(f"spire-server {version} does not build: {done.stderr.strip()[-2000:]}")
     partial.replace(target)
