@@ -39,7 +39,7 @@ from daemon import spire
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy, key_id_of
 from devtools.scenarios import Run, aws_environment, run_in_process, toml_value
-from devtools.spireserver import REPO, VERSION, SpireServer
+from devtools.spireserver import LEGACY, REPO, VERSION, SpireServer
 
 DAY = timedelta(days=1)
 TD = "example.org"
@@ -109,7 +109,13 @@ class Account:
     # ------------------------------------------------------------------ SPIRE servers
 
     def spire(
-        self, name: str, *, tag_mode: bool = False, ca_ttl: str = "10m", key_type: str = "ec-p256"
+        self,
+        name: str,
+        *,
+        tag_mode: bool = False,
+        ca_ttl: str = "10m",
+        key_type: str = "ec-p256",
+        version: str = VERSION,
     ) -> SpireServer:
         server = SpireServer(
             self.workdir / name,
@@ -118,6 +124,7 @@ class Account:
             tag_mode=tag_mode,
             ca_ttl=ca_ttl,
             key_type=key_type,
+            version=version,
         )
         self.servers.append(server)
         return server
@@ -346,12 +353,15 @@ def kms_public_keys(emulator: Emulator, key_ids: Iterator[str] | Sequence[str]) 
 # ------------------------------------------------------------------ scenarios
 
 
-def adopt(account: Account, *, tag_mode: bool, key_type: str = "ec-p256") -> Row:
+def adopt(
+    account: Account, *, tag_mode: bool, key_type: str = "ec-p256", version: str = VERSION
+) -> Row:
     """SPIRE makes its keys; the daemon migrates and stamps them; SPIRE restarts on the very
     same keys."""
-    server = account.spire("adopt", tag_mode=tag_mode, key_type=key_type)
+    server = account.spire("adopt", tag_mode=tag_mode, key_type=key_type, version=version)
     row = Row(
-        f"SPIRE's keys ({key_type}) adopted, then SPIRE restarted", f"{VERSION} {server.mode}"
+        f"SPIRE's keys ({key_type}) adopted, then SPIRE restarted",
+        f"{server.version} {server.mode}",
     )
     server.start()
     _wait_for(lambda: len(account.aliases_of(server)) >= 2, 30)
@@ -402,7 +412,7 @@ def rotation(
     server = account.spire("rotation", tag_mode=tag_mode, ca_ttl=ca_ttl)
     row = Row(
         "SPIRE rotating, the daemon refreshing in a loop",
-        f"{VERSION} {server.mode}",
+        f"{server.version} {server.mode}",
         judge_reverts=False,
     )
     server.start()
@@ -443,17 +453,27 @@ def rotation(
     return row
 
 
-def _mode_name(modes: Sequence[bool]) -> str:
-    return f"{VERSION} " + " + ".join("tag" if m else "alias" for m in modes)
+def _mode_name(servers: Sequence[SpireServer]) -> str:
+    return " + ".join(f"{s.version} {s.mode}" for s in servers)
 
 
-def live_servers(account: Account, *, modes: Sequence[bool], rounds: int = 4) -> Row:
+def live_servers(
+    account: Account,
+    *,
+    modes: Sequence[bool],
+    rounds: int = 4,
+    versions: Sequence[str] | None = None,
+) -> Row:
     """Running SPIRE servers of one trust domain, each with its daemon: reclaim, run again and
     again from every host, never touches a key of theirs, even with every spire-last-update
     20 days old (alias-mode servers never stamp; only a running server's aliases are fresh)."""
-    servers = [account.spire(f"live-{i}", tag_mode=m) for i, m in enumerate(modes)]
+    chosen = versions or [VERSION] * len(modes)
+    servers = [
+        account.spire(f"live-{i}", tag_mode=m, version=v)
+        for i, (m, v) in enumerate(zip(modes, chosen, strict=True))
+    ]
     title = "reclaim beside running SPIRE servers" + (" (one per mode)" if len(modes) > 1 else "")
-    row = Row(title, _mode_name(modes))
+    row = Row(title, _mode_name(servers))
     for server in servers:
         server.start()
     for server in servers:
@@ -493,7 +513,7 @@ def stopped_for_good(account: Account) -> Row:
     and the server started again fails as docs/operations.md says until its aliases go."""
     live = account.spire("live", tag_mode=False)
     dead = account.spire("dead", tag_mode=True)
-    row = Row("a SPIRE server stopped for good, then started again", _mode_name([False, True]))
+    row = Row("a SPIRE server stopped for good, then started again", _mode_name([live, dead]))
     for server in (live, dead):
         server.start()
     for server in (live, dead):
@@ -581,6 +601,11 @@ def rows(seconds: float) -> list[tuple[str, Callable[[Account], Row]]]:
         ("live alias", lambda a: live_servers(a, modes=[False])),
         ("live tag", lambda a: live_servers(a, modes=[True])),
         ("live mixed", lambda a: live_servers(a, modes=[False, True])),
+        ("adopt legacy", lambda a: adopt(a, tag_mode=False, version=LEGACY)),
+        (
+            "live legacy mixed",
+            lambda a: live_servers(a, modes=[False, True], versions=[LEGACY, VERSION]),
+        ),
         ("stopped", stopped_for_good),
     ]
 

@@ -1,5 +1,6 @@
-"""A real SPIRE server (spire-server, built from SPIRE's Go module at the version
-devtools/spireserver/go.mod pins) and the daemon on one emulated account: the scenarios of
+"""A real SPIRE server (spire-server, built from SPIRE's Go module at the versions
+devtools/spireserver/go.mod and devtools/spireserver/v1.13.3/go.mod pin: v1.15.3 in alias and tag
+mode, v1.13.3 in alias mode) and the daemon on one emulated account: the scenarios of
 devtools/interop.py, each judged on AWS's end state and on SPIRE's own view (its health check,
 the public keys of the bundle it serves, its log).
 
@@ -93,3 +94,33 @@ def test_the_judge_sees_a_wrongly_touched_key(account: Account) -> None:
     kms.update_alias(AliasName=alias, TargetKeyId=other)
     assert account.reverted_aliases() == [(alias, other, key_id)]
     assert account.daemon_reverts() == [(alias, other)]
+
+
+@pytest.fixture(scope="module")
+def legacy_binary() -> Path:
+    try:
+        return spireserver.binary(spireserver.LEGACY)
+    except spireserver.NoSpire as exc:
+        pytest.skip(f"no spire-server {spireserver.LEGACY} here: {exc}")
+
+
+def test_an_alias_mode_only_release_restarts_on_the_adopted_keys(
+    account: Account, legacy_binary: Path
+) -> None:
+    # v1.13.3 knows nothing of tags: it lists aliases, and must start on the keys the daemon
+    # tagged and stamped, with the same public keys.
+    row = interop.adopt(account, tag_mode=False, version=spireserver.LEGACY)
+    clean(row)
+    assert row.spire == f"{spireserver.LEGACY} alias"
+    assert row.created == 2
+
+
+def test_an_alias_mode_only_release_beside_a_tag_mode_server(
+    account: Account, legacy_binary: Path
+) -> None:
+    row = interop.live_servers(
+        account, modes=[False, True], versions=[spireserver.LEGACY, spireserver.VERSION]
+    )
+    clean(row)
+    assert row.spire == f"{spireserver.LEGACY} alias + {spireserver.VERSION} tag"
+    assert row.created == 4

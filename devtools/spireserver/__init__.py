@@ -1,9 +1,10 @@
 """A real SPIRE server beside the daemon: the spire-server binary, built from SPIRE's Go module at
 a pinned version, run against the emulator.
 
-:func:`binary` builds ``spire-server`` from the recipe in this folder (``go.mod``/``go.sum``, a
-Go tool module pinning ``github.com/spiffe/spire``; nothing of SPIRE's source is kept here) into
-``.cache/spire/<version>/``, once per version; Go must be on PATH and reach the Go module proxy.
+:func:`binary` builds ``spire-server`` from a recipe (``go.mod``/``go.sum``, a Go tool module
+pinning ``github.com/spiffe/spire``: this folder's for :data:`VERSION`, ``v1.13.3/`` for
+:data:`LEGACY`; nothing of SPIRE's source is kept here) into ``.cache/spire/<version>/``, once
+per version; Go must be on PATH and reach the Go module proxy.
 :class:`SpireServer` writes a ``server.conf`` (sqlite datastore, a short ``ca_ttl`` so that keys
 rotate within a test, the health listener on, the ``aws_kms`` KeyManager in alias or tag mode),
 starts the server with its AWS clients pointed at a fault proxy in front of the emulator, and
@@ -30,26 +31,38 @@ from devtools.gotool import go
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = REPO / ".cache" / "spire"
-#: The SPIRE release the recipe pins (go.mod); tag-based key discovery exists from v1.15.2.
+#: The SPIRE release the main recipe pins (go.mod here); tag-based key discovery exists from
+#: v1.15.2.
 VERSION = "v1.15.3"
+#: An alias-mode-only release, as most fleets still run (its recipe is in v1.13.3/).
+LEGACY = "v1.13.3"
+VERSIONS = (VERSION, LEGACY)
 
 
 class NoSpire(Exception):
     """spire-server cannot be built or run here (no Go, or the build failed)."""
 
 
-def _pinned_version() -> str:
-    for line in (HERE / "go.mod").read_text().splitlines():
+def recipe(version: str = VERSION) -> Path:
+    """The folder whose go.mod/go.sum pin ``version``."""
+    folder = HERE if version == VERSION else HERE / version
+    if _pinned_version(folder) != version:
+        raise NoSpire(f"{folder / 'go.mod'} does not pin github.com/spiffe/spire {version}")
+    return folder
+
+
+def _pinned_version(folder: Path = HERE) -> str:
+    for line in (folder / "go.mod").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "github.com/spiffe/spire":
             return parts[1]
-    raise NoSpire("go.mod does not pin github.com/spiffe/spire")
+    raise NoSpire(f"{folder / 'go.mod'} does not pin github.com/spiffe/spire")
 
 
-def binary() -> Path:
-    """The spire-server binary of the pinned version, built if absent (a cold build takes
-    several minutes; the time is kept in ``build-seconds`` beside it)."""
-    version = _pinned_version()
+def binary(version: str = VERSION) -> Path:
+    """The spire-server binary of ``version``, built from its recipe if absent (a cold build
+    takes several minutes; the time is kept in ``build-seconds`` beside it)."""
+    folder = recipe(version)
     target = CACHE / version / "spire-server"
     if target.exists():
         return target
@@ -61,7 +74,7 @@ def binary() -> Path:
         "-o",
         str(partial),
         "github.com/spiffe/spire/cmd/spire-server",
-        cwd=HERE,
+        cwd=folder,
         env={"GOFLAGS": "-mod=readonly"},
         timeout=1800,
     )
@@ -74,9 +87,9 @@ def binary() -> Path:
     return target
 
 
-def build_seconds() -> float | None:
+def build_seconds(version: str = VERSION) -> float | None:
     """How long the cached binary took to build, if it was built here."""
-    path = CACHE / _pinned_version() / "build-seconds"
+    path = CACHE / version / "build-seconds"
     try:
         return float(path.read_text())
     except (OSError, ValueError):
@@ -92,6 +105,7 @@ class SpireServer:
     trust_domain: str = "example.org"
     tag_mode: bool = False
     ca_ttl: str = "1m"
+    version: str = VERSION  # which spire-server: VERSION or LEGACY (alias mode only)
     key_type: str = "ec-p256"  # ca_key_type and jwt_key_type: ec-p256, ec-p384, rsa-2048, rsa-4096
     server_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     env: Mapping[str, str] = field(default_factory=dict)
@@ -99,6 +113,8 @@ class SpireServer:
     starts: int = 0
 
     def __post_init__(self) -> None:
+        if self.tag_mode and self.version == LEGACY:
+            raise ValueError(f"SPIRE {LEGACY} has no tag-based key discovery")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.health_port = free_port()
@@ -193,7 +209,7 @@ health_checks {{
             log.write(f"--- start {self.starts}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [str(binary()), "run", "-config", str(self.config)],
+                [str(binary(self.version)), "run", "-config", str(self.config)],
                 env=self._environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -253,7 +269,7 @@ health_checks {{
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``spire-server <args> -socketPath <its socket>``."""
         return subprocess.run(
-            [str(binary()), *args, "-socketPath", str(self.socket)],
+            [str(binary(self.version)), *args, "-socketPath", str(self.socket)],
             capture_output=True,
             text=True,
             timeout=30,
