@@ -96,13 +96,7 @@ class _JsonScanner(_Reader):
                 raise self.error("literal not terminated", start)
             if ch == '"':
                 return
-            if braces == 0 and ch == "$" and self.peek() == "{":
-                braces += 1
-                self.next()
-            elif braces > 0 and ch == "{":
-                braces += 1
-            if braces > 0 and ch == "}":
-                braces -= 1
+            braces = self.braces(braces, ch)
             if ch == "\\":
                 self._escape()
 

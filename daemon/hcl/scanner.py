@@ -36,6 +36,18 @@ class _Reader:
     def unread(self) -> None:
         self.i -= 1
 
+    def braces(self, depth: int, ch: str) -> int:
+        """The ``${...}`` nesting inside a string after ``ch``: ``${`` opens (its ``{`` is read
+        here), a ``{`` within nests, a ``}`` closes; both scanners count the same way."""
+        if depth == 0 and ch == "$" and self.peek() == "{":
+            self.next()
+            return 1
+        if depth > 0 and ch == "{":
+            return depth + 1
+        if depth > 0 and ch == "}":
+            return depth - 1
+        return depth
+
     def peek(self) -> str:
         t = self.t
         return t.s[self.i] if self.i < t.n else _EOF
@@ -215,13 +227,7 @@ class _HclScanner(_Reader):
                 raise self.error("literal not terminated", start)
             if ch == '"' and braces == 0:
                 return
-            if braces == 0 and ch == "$" and self.peek() == "{":
-                braces += 1
-                self.next()
-            elif braces > 0 and ch == "{":
-                braces += 1
-            if braces > 0 and ch == "}":
-                braces -= 1
+            braces = self.braces(braces, ch)
             if ch == "\\":
                 self._escape()
 
