@@ -169,9 +169,9 @@ def seed_trust_domain(
     for i in range(scenario.td_keys):
         server, dead = i // scenario.per_server, i >= first_stale
         emu.spire_key(
-            trust_domain=TRUST_DOMAIN,
-            server_id=SERVER_ID if server == 0 else peer_id(server),
-            key_id=spire.WELL_KNOWN_KEY_IDS[i % scenario.per_server],
+            TRUST_DOMAIN,
+            SERVER_ID if server == 0 else peer_id(server),
+            spire.WELL_KNOWN_KEY_IDS[i % scenario.per_server],
             last_update=stale if dead else fresh,
             alias=not dead,
             created_at=now - (90 * DAY if dead else 30 * DAY),
@@ -188,9 +188,9 @@ def seed_big_server(
     fresh = int((now - timedelta(hours=1)).timestamp())
     for i in range(keys):
         emu.spire_key(
-            trust_domain=TRUST_DOMAIN,
-            server_id=SERVER_ID,
-            key_id=f"bundle-acme-host{i}.example.org",
+            TRUST_DOMAIN,
+            SERVER_ID,
+            f"bundle-acme-host{i}.example.org",
             last_update=fresh,
             created_at=now - 30 * DAY,
         )

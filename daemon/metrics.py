@@ -39,96 +39,94 @@ _AWS_OPERATIONS = sorted(
 _AWS_OUTCOMES = ("success", "throttled", "denied", "not_found", "error")
 
 
+class _Families:
+    """Metric families on one registry, all named with :data:`PREFIX`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, *labels: str) -> Gauge:
+        return Gauge(PREFIX + name, doc, labels, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, *labels: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(PREFIX + name, doc, labels, registry=self.registry, buckets=buckets)
+
+
 class Metrics:
     """The daemon's metrics; each test builds its own on a fresh registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        family = _Families(r)
         # No *_created series: they double every counter and no alert or panel reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         # process_resident_memory_bytes and friends: the unit and the pod cap the memory.
         ProcessCollector(registry=r)
-        self.runs = Counter(
-            PREFIX + "runs",
+        self.runs = family.counter(
+            "runs",
             "Runs of each task by outcome (refused: a safety guard held).",
-            ["task", "outcome"],
-            registry=r,
+            "task",
+            "outcome",
         )
-        self.run_duration = Histogram(
-            PREFIX + "run_duration_seconds",
+        self.run_duration = family.histogram(
+            "run_duration_seconds",
             "Wall time of one run.",
-            ["task"],
-            registry=r,
+            "task",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
         )
-        self.last_success = Gauge(
-            PREFIX + "last_success_timestamp_seconds",
+        self.last_success = family.gauge(
+            "last_success_timestamp_seconds",
             "Unix time at which the task last finished with outcome success (0: not since start).",
-            ["task"],
-            registry=r,
+            "task",
         )
-        self.last_run = Gauge(
-            PREFIX + "last_run_timestamp_seconds",
+        self.last_run = family.gauge(
+            "last_run_timestamp_seconds",
             "Unix time at which the task last finished, whatever its outcome.",
-            ["task"],
-            registry=r,
+            "task",
         )
-        self.keys = Gauge(
-            PREFIX + "keys",
+        self.keys = family.gauge(
+            "keys",
             "Keys by state as the latest run left them: serving, superseded and legacy count "
             "this server's keys (refresh), the other states the trust domain's (reclaim).",
-            ["state"],
-            registry=r,
+            "state",
         )
-        self.anomalies = Gauge(
-            PREFIX + "anomalies",
+        self.anomalies = family.gauge(
+            "anomalies",
             "Anomalies (malformed or future tags, superseded keys...) seen by the latest run "
             "of each task.",
-            ["task", "anomaly"],
-            registry=r,
+            "task",
+            "anomaly",
         )
-        self.actions = Counter(
-            PREFIX + "actions",
-            "Mutating actions by kind and outcome.",
-            ["action", "outcome"],
-            registry=r,
+        self.actions = family.counter(
+            "actions", "Mutating actions by kind and outcome.", "action", "outcome"
         )
-        self.aws_requests = Counter(
-            PREFIX + "aws_requests",
-            "AWS API calls by operation and outcome.",
-            ["operation", "outcome"],
-            registry=r,
+        self.aws_requests = family.counter(
+            "aws_requests", "AWS API calls by operation and outcome.", "operation", "outcome"
         )
-        self.reclaim_refused = Counter(
-            PREFIX + "reclaim_refused",
-            "Reclaim runs a safety guard refused, by guard.",
-            ["guard"],
-            registry=r,
+        self.reclaim_refused = family.counter(
+            "reclaim_refused", "Reclaim runs a safety guard refused, by guard.", "guard"
         )
-        self.permission_denied = Gauge(
-            PREFIX + "permission_denied",
+        self.permission_denied = family.gauge(
+            "permission_denied",
             "1 while the task's latest run failed for a missing IAM permission.",
-            ["task"],
-            registry=r,
+            "task",
         )
-        self.spire_up = Gauge(
-            PREFIX + "spire_up",
+        self.spire_up = family.gauge(
+            "spire_up",
             "1 when the latest probe of the local SPIRE server's health endpoint said alive (or "
             "assume_spire_alive is set), 0 otherwise; refresh writes nothing while it is 0.",
-            registry=r,
         )
-        self.interval = Gauge(
-            PREFIX + "interval_seconds",
+        self.interval = family.gauge(
+            "interval_seconds",
             "The configured interval of each enabled task (alerts compare ages with it).",
-            ["task"],
-            registry=r,
+            "task",
         )
-        self.build_info = Gauge(
-            PREFIX + "build_info",
-            "The daemon's version; the value is always 1.",
-            ["version"],
-            registry=r,
+        self.build_info = family.gauge(
+            "build_info", "The daemon's version; the value is always 1.", "version"
         )
         self.build_info.labels(__version__).set(1)
         for job in Job:

@@ -44,70 +44,55 @@ def seed(emu: Emulator, server_id: str, now: datetime) -> None:
 
     # This server: a legacy alias-managed key, a tagged serving key, and a superseded one.
     emu.spire_key(
-        trust_domain=TRUST_DOMAIN,
-        server_id=server_id,
-        key_id="x509-CA-A",
+        TRUST_DOMAIN,
+        server_id,
+        "x509-CA-A",
         last_update=None,
         tagged=False,
         created_at=now - 30 * day,
     )
     emu.spire_key(
-        trust_domain=TRUST_DOMAIN,
-        server_id=server_id,
-        key_id="JWT-Signer-A",
-        last_update=ts(3 * day),
-        created_at=now - 20 * day,
+        TRUST_DOMAIN, server_id, "JWT-Signer-A", last_update=ts(3 * day), created_at=now - 20 * day
     )
     emu.spire_key(
-        trust_domain=TRUST_DOMAIN,
-        server_id=server_id,
-        key_id="JWT-Signer-A",
+        TRUST_DOMAIN,
+        server_id,
+        "JWT-Signer-A",
         last_update=ts(3 * day),
         alias=False,
         created_at=now - 40 * day,
     )
     # A live peer.
     for key_id in ("x509-CA-A", "JWT-Signer-A"):
-        emu.spire_key(
-            trust_domain=TRUST_DOMAIN,
-            server_id=LIVE_PEER,
-            key_id=key_id,
-            last_update=ts(hour),
-            created_at=old,
-        )
+        emu.spire_key(TRUST_DOMAIN, LIVE_PEER, key_id, last_update=ts(hour), created_at=old)
     # A dead peer. (The emulator's aliases carry no LastUpdatedDate, which the daemon reads as
     # "maybe in use", so the dead peer's aliases are left out here.)
     for key_id in ("x509-CA-A", "x509-CA-B", "JWT-Signer-A"):
         emu.spire_key(
-            trust_domain=TRUST_DOMAIN,
-            server_id=DEAD_PEER,
-            key_id=key_id,
-            last_update=ts(20 * day),
-            alias=False,
-            created_at=old,
+            TRUST_DOMAIN, DEAD_PEER, key_id, last_update=ts(20 * day), alias=False, created_at=old
         )
     # Decoys.
     emu.spire_key(
-        trust_domain="other.example.org",
-        server_id=DEAD_PEER,
-        key_id="x509-CA-A",
+        "other.example.org",
+        DEAD_PEER,
+        "x509-CA-A",
         last_update=ts(60 * day),
         alias=False,
         created_at=old,
     )
     emu.spire_key(
-        trust_domain=TRUST_DOMAIN,
-        server_id=DEAD_PEER,
-        key_id="WIT-Signer-A",
+        TRUST_DOMAIN,
+        DEAD_PEER,
+        "WIT-Signer-A",
         last_update=None,
         alias=False,
         created_at=old,
         extra_tags={"spire-last-update": "2026-01-01T00:00:00Z"},
     )
     emu.spire_key(
-        trust_domain=TRUST_DOMAIN,
-        server_id=DEAD_PEER,
-        key_id="WIT-Signer-B",
+        TRUST_DOMAIN,
+        DEAD_PEER,
+        "WIT-Signer-B",
         last_update=ts(30 * day),
         alias=False,
         created_at=old,

@@ -434,10 +434,10 @@ class Emulator(Service):
 
     def spire_key(
         self,
-        *,
         trust_domain: str,
         server_id: str,
         key_id: str,
+        *,
         last_update: int | None,
         active: str | None = "true",
         alias: bool = True,

@@ -417,9 +417,9 @@ class Seeder:
         elif isinstance(last_update, str):
             extra_tags[spire.TAG_LAST_UPDATE] = last_update
         arn = self.h.emulator.spire_key(
-            trust_domain=trust_domain,
-            server_id=server,
-            key_id=key_id,
+            trust_domain,
+            server,
+            key_id,
             last_update=unix,
             active=active,
             alias=alias,

@@ -178,10 +178,7 @@ async def api(proxy: FaultProxy) -> AsyncIterator[AwsApi]:
 
 def stale_peer_keys(emu: Emulator, n: int) -> list[str]:
     return [
-        emu.spire_key(
-            trust_domain=TD, server_id=PEER, key_id=f"bundle-acme-k{i}", last_update=1, alias=False
-        )
-        for i in range(n)
+        emu.spire_key(TD, PEER, f"bundle-acme-k{i}", last_update=1, alias=False) for i in range(n)
     ]
 
 
@@ -211,7 +208,7 @@ async def test_get_resources_finds_every_spire_key_across_short_pages(
     aws: Emulator, proxy: FaultProxy, api: AwsApi
 ) -> None:
     wanted = set(stale_peer_keys(aws, 250))
-    aws.spire_key(trust_domain="example.org2", server_id=PEER, key_id="x509-CA-A", last_update=1)
+    aws.spire_key("example.org2", PEER, "x509-CA-A", last_update=1)
 
     found = await api.get_resources(
         {spire.TAG_TRUST_DOMAIN: [TD], spire.TAG_ACTIVE: ["true", "false"]}
@@ -369,9 +366,9 @@ async def test_refresh_falls_back_to_kms_tag_resource_when_tag_resources_is_deni
     now = datetime.now(UTC)
     serving = [
         aws.spire_key(
-            trust_domain=TD,
-            server_id=SERVER,
-            key_id=kid,
+            TD,
+            SERVER,
+            kid,
             last_update=int(time.time()) - 86400,
             created_at=now - timedelta(days=20),
         )
@@ -548,9 +545,9 @@ async def test_stamp_report_says_which_keys_failed_when_a_later_batch_fails(
     now = datetime.now(UTC)
     arns = [
         aws.spire_key(
-            trust_domain=TD,
-            server_id=SERVER,
-            key_id=f"bundle-acme-k{i}",
+            TD,
+            SERVER,
+            f"bundle-acme-k{i}",
             last_update=int(time.time()) - 86400,
             created_at=now - timedelta(days=20),
         )

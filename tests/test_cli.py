@@ -191,7 +191,7 @@ def assert_explains_get_resources(text: str) -> None:
 def test_get_resources_denied_exits_3_with_an_explanation(
     aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
     proxy.deny("GetResources")
     config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
@@ -220,9 +220,7 @@ def test_check_passes_against_the_emulator(
     aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = datetime.now(UTC) - timedelta(days=30)
-    aws.spire_key(
-        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1, created_at=old
-    )
+    aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1, created_at=old)
     config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "check", "--config", str(config))

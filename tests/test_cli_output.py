@@ -38,19 +38,19 @@ def _seed(aws: Emulator) -> dict[str, str]:
     old = now - timedelta(days=60)
     return {
         "own": aws.spire_key(
-            trust_domain=TD,
-            server_id=SERVER,
-            key_id="x509-CA-A",
+            TD,
+            SERVER,
+            "x509-CA-A",
             last_update=int((now - timedelta(hours=7)).timestamp()),
             created_at=old,
         ),
         "stale": aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER,
-            key_id="x509-CA-A",
+            TD,
+            PEER,
+            "x509-CA-A",
             last_update=int((now - timedelta(days=20)).timestamp()),
             created_at=old,
-            alias=False,  # a fresh alias would keep it (the alias-fresh guard)
+            alias=False,
         ),
     }
 
@@ -254,9 +254,9 @@ def test_a_long_run_logs_progress(
     now = datetime.now(UTC)
     for n in range(30):
         aws.spire_key(
-            trust_domain=TD,
-            server_id=f"{n:08d}-aaaa-4bbb-8ccc-000000000000",
-            key_id="x509-CA-A",
+            TD,
+            f"{n:08d}-aaaa-4bbb-8ccc-000000000000",
+            "x509-CA-A",
             last_update=int((now - timedelta(days=20)).timestamp()),
             created_at=now - timedelta(days=60),
             alias=False,

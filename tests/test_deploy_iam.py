@@ -261,50 +261,18 @@ def _seed(emu: Emulator, now: datetime) -> None:
     old, day = now - timedelta(days=90), timedelta(days=1)
     # This server: a legacy alias-managed key (migrated), a tagged key behind its alias and a
     # tagged key without one (both stamped; the first alias refreshed).
+    emu.spire_key(TD, SERVER, "x509-CA-A", last_update=None, tagged=False, created_at=old)
+    emu.spire_key(TD, SERVER, "JWT-Signer-A", last_update=ts(3 * day), created_at=old)
     emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=None,
-        tagged=False,
-        created_at=old,
-    )
-    emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="JWT-Signer-A",
-        last_update=ts(3 * day),
-        created_at=old,
-    )
-    emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="bundle-acme-foo.bar+rsa",
-        last_update=ts(3 * day),
-        alias=False,
-        created_at=old,
+        TD, SERVER, "bundle-acme-foo.bar+rsa", last_update=ts(3 * day), alias=False, created_at=old
     )
     # A dead peer (reclaimed), a live one, another trust domain's dead key and other teams' keys.
     for key_id in ("x509-CA-A", "JWT-Signer-A"):
-        emu.spire_key(
-            trust_domain=TD,
-            server_id=PEER,
-            key_id=key_id,
-            last_update=ts(20 * day),
-            alias=False,
-            created_at=old,
-        )
+        emu.spire_key(TD, PEER, key_id, last_update=ts(20 * day), alias=False, created_at=old)
     for key_id in ("x509-CA-A", "x509-CA-B", "JWT-Signer-A"):
-        emu.spire_key(
-            trust_domain=TD, server_id=LIVE_PEER, key_id=key_id, last_update=ts(day), created_at=old
-        )
+        emu.spire_key(TD, LIVE_PEER, key_id, last_update=ts(day), created_at=old)
     emu.spire_key(
-        trust_domain=OTHER_TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ts(60 * day),
-        alias=False,
-        created_at=old,
+        OTHER_TD, PEER, "x509-CA-A", last_update=ts(60 * day), alias=False, created_at=old
     )
     emu.foreign_keys(20, aliases_every=4)
 

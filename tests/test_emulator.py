@@ -90,25 +90,13 @@ async def test_spire_key_is_found_by_spire_tag_discovery_and_decoys_are_not(
     aws: Emulator, clients: Clients
 ) -> None:
     now = int(time.time())
-    wanted = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=now)
+    wanted = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=now)
     decoys = [
-        aws.spire_key(trust_domain=TD, server_id=OTHER_SERVER, key_id="x509-CA-A", last_update=now),
-        aws.spire_key(
-            trust_domain="example.org2", server_id=SERVER, key_id="x509-CA-B", last_update=now
-        ),
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=SERVER,
-            key_id="JWT-Signer-A",
-            last_update=now,
-            active="false",
-        ),
-        aws.spire_key(
-            trust_domain=TD, server_id=SERVER, key_id="JWT-Signer-B", last_update=now, active=None
-        ),
-        aws.spire_key(
-            trust_domain=TD, server_id=SERVER, key_id="WIT-Signer-A", last_update=None, tagged=False
-        ),
+        aws.spire_key(TD, OTHER_SERVER, "x509-CA-A", last_update=now),
+        aws.spire_key("example.org2", SERVER, "x509-CA-B", last_update=now),
+        aws.spire_key(TD, SERVER, "JWT-Signer-A", last_update=now, active="false"),
+        aws.spire_key(TD, SERVER, "JWT-Signer-B", last_update=now, active=None),
+        aws.spire_key(TD, SERVER, "WIT-Signer-A", last_update=None, tagged=False),
     ]
     aws.foreign_keys(200)
 
@@ -123,11 +111,7 @@ async def test_spire_key_is_found_by_spire_tag_discovery_and_decoys_are_not(
 
 async def test_spire_key_looks_like_spires(aws: Emulator, clients: Clients) -> None:
     arn = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="bundle-acme-a.b+c",
-        last_update=None,
-        extra_tags={"spire-protect": "true"},
+        TD, SERVER, "bundle-acme-a.b+c", last_update=None, extra_tags={"spire-protect": "true"}
     )
 
     meta = (await clients.kms.describe_key(KeyId=arn))["KeyMetadata"]
@@ -154,9 +138,7 @@ async def test_spire_key_looks_like_spires(aws: Emulator, clients: Clients) -> N
 
 async def test_created_at_backdates_creation_date(aws: Emulator, clients: Clients) -> None:
     created = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-    arn = aws.spire_key(
-        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1, created_at=created
-    )
+    arn = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1, created_at=created)
     fresh = aws.create_key()
 
     old_meta = (await clients.kms.describe_key(KeyId=arn))["KeyMetadata"]
@@ -174,7 +156,7 @@ def test_created_at_must_be_timezone_aware(aws: Emulator) -> None:
 async def test_list_aliases_shows_spire_and_foreign_aliases(
     aws: Emulator, clients: Clients
 ) -> None:
-    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="JWT-Signer-A", last_update=1)
+    arn = aws.spire_key(TD, SERVER, "JWT-Signer-A", last_update=1)
     aws.foreign_keys(10, aliases_every=5)
 
     aliases = await all_aliases(clients.kms)
@@ -214,7 +196,7 @@ async def test_foreign_keys_are_tagged_by_team_and_invisible_to_spire(
 
 
 async def test_reset_clears_state_and_seeding_works_again(aws: Emulator, clients: Clients) -> None:
-    aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
     aws.foreign_keys(20)
     aws.clock_skew = timedelta(hours=2)
 
@@ -228,7 +210,7 @@ async def test_reset_clears_state_and_seeding_works_again(aws: Emulator, clients
     assert await spire_discovery(clients.tagging, TD, SERVER) == []
 
     # moto rebuilds its backends after a reset; in-process seeding must land in the new ones.
-    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=2)
+    arn = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=2)
     assert [r["ResourceARN"] for r in await spire_discovery(clients.tagging, TD, SERVER)] == [arn]
 
 
@@ -251,7 +233,7 @@ async def test_clock_skew_shifts_the_date_header(aws: Emulator, clients: Clients
 
 
 async def test_schedule_key_deletion_by_key_id(aws: Emulator, clients: Clients) -> None:
-    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-B", last_update=1)
+    arn = aws.spire_key(TD, SERVER, "x509-CA-B", last_update=1)
 
     response = await clients.kms.schedule_key_deletion(KeyId=key_id_of(arn), PendingWindowInDays=7)
 
@@ -269,7 +251,7 @@ async def test_schedule_key_deletion_by_key_id(aws: Emulator, clients: Clients) 
 async def test_tags_written_over_http_are_read_back_in_process(
     aws: Emulator, clients: Clients
 ) -> None:
-    arn = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    arn = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
 
     await clients.tagging.tag_resources(
         ResourceARNList=[arn], Tags={spire.TAG_LAST_UPDATE: "1767225600"}

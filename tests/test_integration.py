@@ -20,14 +20,13 @@ from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from devtools.spire_health import SpireHealth
-from tests.world import OTHER_TD, PEER, SERVER, TD
+from tests.world import DAY, OTHER_TD, PEER, SERVER, TD, ago, peer_key
 
 pytestmark = pytest.mark.integration
 
 PEER2 = "5e0c2f4a-1111-4222-8333-444455556666"
 ACME = "bundle-acme-foo.bar+rsa"
 MUTATING = ("TagResource", "TagResources", "UpdateAlias", "ScheduleKeyDeletion")
-DAY = timedelta(days=1)
 
 
 @pytest.fixture(autouse=True)
@@ -80,32 +79,13 @@ def cli(
     return Cli(tmp_path, proxy.endpoint_url, capsys, spire_health.url)
 
 
-def ago(delta: timedelta) -> int:
-    return int((datetime.now(UTC) - delta).timestamp())
-
-
 def stale_and_live_peer(aws: Emulator) -> str:
     """A dead peer's stale key and a live peer's fresh one (the guard's fraction stays 1/2).
 
     Returns the stale key's ARN.
     """
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = peer_key(aws, PEER, "x509-CA-A", 20)
+    peer_key(aws, PEER2, "x509-CA-A", 1)
     return stale
 
 
@@ -136,36 +116,15 @@ def seed_world(emu: Emulator) -> World:
     now = datetime.now(UTC)
     old = now - 90 * DAY
     legacy = emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id=ACME,
-        last_update=None,
-        tagged=False,
-        created_at=now - 30 * DAY,
+        TD, SERVER, ACME, last_update=None, tagged=False, created_at=now - 30 * DAY
     )
     serving = emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=ago(3 * DAY),
-        created_at=now - 20 * DAY,
+        TD, SERVER, "x509-CA-A", last_update=ago(3 * DAY), created_at=now - 20 * DAY
     )
     superseded = emu.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=ago(3 * DAY),
-        alias=False,
-        created_at=now - 40 * DAY,
+        TD, SERVER, "x509-CA-A", last_update=ago(3 * DAY), alias=False, created_at=now - 40 * DAY
     )
-    stale_peer = emu.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale_peer = peer_key(emu, PEER, "x509-CA-A", 20)
 
     def peer(key_id: str, last_update: int | None, **kw: object) -> str:
         params: dict[str, object] = {"alias": False, "created_at": old}
@@ -180,20 +139,10 @@ def seed_world(emu: Emulator) -> World:
 
     kept = {
         "fresh peer": emu.spire_key(
-            trust_domain=TD,
-            server_id=PEER2,
-            key_id="x509-CA-A",
-            last_update=ago(timedelta(hours=1)),
-            alias=False,
-            created_at=old,
+            TD, PEER2, "x509-CA-A", last_update=ago(timedelta(hours=1)), alias=False, created_at=old
         ),
         "other trust domain": emu.spire_key(
-            trust_domain=OTHER_TD,
-            server_id=PEER,
-            key_id="x509-CA-A",
-            last_update=ago(60 * DAY),
-            alias=False,
-            created_at=old,
+            OTHER_TD, PEER, "x509-CA-A", last_update=ago(60 * DAY), alias=False, created_at=old
         ),
         "untagged": emu.create_key(created_at=old),
         "last-update 1.5": peer("JWT-Signer-A", None, extra_tags={"spire-last-update": "1.5"}),
@@ -202,12 +151,7 @@ def seed_world(emu: Emulator) -> World:
         "protected": peer("WIT-Signer-B", ago(30 * DAY), extra_tags={"spire-protect": "true"}),
         "young": peer("x509-CA-B", ago(20 * DAY), created_at=now - 2 * DAY),
         "aliased stale peer": emu.spire_key(
-            trust_domain=TD,
-            server_id=PEER2,
-            key_id="JWT-Signer-A",
-            last_update=ago(20 * DAY),
-            alias=True,
-            created_at=old,
+            TD, PEER2, "JWT-Signer-A", last_update=ago(20 * DAY), alias=True, created_at=old
         ),
     }
     emu.foreign_keys(30)
@@ -295,14 +239,7 @@ def test_second_once_writes_nothing_new(aws: Emulator, proxy: FaultProxy, cli: C
 def dead_peer_keys(aws: Emulator, server: str, *key_ids: str, days: int = 20) -> list[str]:
     old = datetime.now(UTC) - 90 * DAY
     return [
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=server,
-            key_id=kid,
-            last_update=ago(days * DAY),
-            alias=False,
-            created_at=old,
-        )
+        aws.spire_key(TD, server, kid, last_update=ago(days * DAY), alias=False, created_at=old)
         for kid in key_ids
     ]
 
@@ -352,24 +289,9 @@ def test_blast_radius_guard_refuses_the_whole_run(
 def test_clock_guard_refuses_when_aws_clock_disagrees(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = peer_key(aws, PEER, "x509-CA-A", 20)
     for kid in ("x509-CA-A", "JWT-Signer-A", "x509-CA-B"):
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER2,
-            key_id=kid,
-            last_update=ago(DAY),
-            alias=False,
-            created_at=old,
-        )
+        peer_key(aws, PEER2, kid, 1)
     before = aws.tags(stale)
     aws.clock_skew = timedelta(days=15)
 
@@ -387,34 +309,16 @@ def test_clock_guard_refuses_when_aws_clock_disagrees(
 
 
 def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    marked = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
+    marked = peer_key(
+        aws,
+        PEER,
+        "x509-CA-A",
+        20,
         active="false",
-        alias=False,
-        created_at=old,
         extra_tags={spire.TAG_MARKED_AT: str(ago(timedelta(hours=1)))},
     )
-    unmarked = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="JWT-Signer-A",
-        last_update=ago(20 * DAY),
-        active="false",
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    unmarked = peer_key(aws, PEER, "JWT-Signer-A", 20, active="false")
+    peer_key(aws, PEER2, "x509-CA-A", 1)
 
     code = cli("once", "--job", "reclaim")
 
@@ -431,25 +335,9 @@ def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli:
 def test_key_already_pending_deletion_is_left_alone(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    pending = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        active="false",
-        alias=False,
-        created_at=old,
-    )
+    pending = peer_key(aws, PEER, "x509-CA-A", 20, active="false")
     aws.backend.schedule_key_deletion(key_id_of(pending), 7)
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    peer_key(aws, PEER2, "x509-CA-A", 1)
     before = aws.tags(pending)
 
     code = cli("once", "--job", "reclaim")
@@ -500,12 +388,7 @@ def test_keys_shows_an_alias_that_would_stop_spire_from_starting(
     # fails on such an alias with "found disabled SPIRE key" (docs/operations.md).
     old = datetime.now(UTC) - timedelta(days=120)
     pending = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        active="false",
-        created_at=old,
+        TD, SERVER, "x509-CA-A", last_update=ago(20 * DAY), active="false", created_at=old
     )
     aws.backend.schedule_key_deletion(key_id_of(pending), 7)
 
@@ -547,30 +430,23 @@ def test_own_stale_keys_newest_serves_older_is_reclaimed(
     # No alias (tag-mode server whose refresh stopped): the newest enabled key serves.
     now = datetime.now(UTC)
     older = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="JWT-Signer-A",
+        TD,
+        SERVER,
+        "JWT-Signer-A",
         last_update=ago(30 * DAY),
         alias=False,
         created_at=now - 90 * DAY,
     )
     newest = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="JWT-Signer-A",
+        TD,
+        SERVER,
+        "JWT-Signer-A",
         last_update=ago(20 * DAY),
         alias=False,
         created_at=now - 60 * DAY,
     )
     for kid in ("x509-CA-A", "x509-CA-B", "JWT-Signer-B"):
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER2,
-            key_id=kid,
-            last_update=ago(DAY),
-            alias=False,
-            created_at=now - 90 * DAY,
-        )
+        aws.spire_key(TD, PEER2, kid, last_update=ago(DAY), alias=False, created_at=now - 90 * DAY)
     newest_tags = aws.tags(newest)
 
     code = cli("once", "--job", "reclaim")
@@ -594,16 +470,13 @@ def test_fraction_counts_servers_not_keys(aws: Emulator, proxy: FaultProxy, cli:
 def test_completing_interrupted_reclaims_counts_toward_the_budget(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
     marks = [
-        aws.spire_key(
-            trust_domain=TD,
-            server_id=PEER,
-            key_id=kid,
-            last_update=ago(20 * DAY),
+        peer_key(
+            aws,
+            PEER,
+            kid,
+            20,
             active="false",
-            alias=False,
-            created_at=old,
             extra_tags={spire.TAG_MARKED_AT: str(ago(timedelta(hours=hours)))},
         )
         for kid, hours in (("x509-CA-A", 2), ("JWT-Signer-A", 1))
@@ -619,23 +492,8 @@ def test_completing_interrupted_reclaims_counts_toward_the_budget(
 def test_pending_window_days_is_passed_to_schedule_key_deletion(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=None,
-        alias=False,
-        created_at=old,
-    )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = peer_key(aws, PEER, "x509-CA-A", None)
+    peer_key(aws, PEER2, "x509-CA-A", 1)
     cli.reclaim["pending_window_days"] = "10"
 
     assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
@@ -681,16 +539,7 @@ def test_failed_deletion_exits_1_and_the_next_run_completes_it(
 
 def test_restored_key_is_not_deleted_again(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
     # CancelKeyDeletion leaves the key Disabled with spire-active=false.
-    old = datetime.now(UTC) - 90 * DAY
-    restored = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        active="false",
-        alias=False,
-        created_at=old,
-    )
+    restored = peer_key(aws, PEER, "x509-CA-A", 20, active="false")
     aws.backend.schedule_key_deletion(key_id_of(restored), 7)
     aws.backend.cancel_key_deletion(key_id_of(restored))
     assert aws.key_state(restored) == "Disabled"
@@ -702,15 +551,7 @@ def test_restored_key_is_not_deleted_again(aws: Emulator, proxy: FaultProxy, cli
 
 
 def test_key_whose_state_cannot_be_read_is_kept(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
-    old = datetime.now(UTC) - 90 * DAY
-    stale = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=old,
-    )
+    stale = peer_key(aws, PEER, "x509-CA-A", 20)
     proxy.throttle("DescribeKey")
 
     code = cli("once", "--job", "reclaim")
@@ -739,16 +580,14 @@ def test_a_peers_legacy_key_is_neither_migrated_nor_reclaimed(
 ) -> None:
     # A legacy key of a peer in alias mode: no tags, so reclaim never sees it (tag discovery).
     legacy_peer = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
+        TD,
+        PEER,
+        "x509-CA-A",
         last_update=None,
         tagged=False,
         created_at=datetime.now(UTC) - 90 * DAY,
     )
-    own = aws.spire_key(
-        trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=ago(DAY), alias=False
-    )
+    own = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=ago(DAY), alias=False)
 
     assert cli("once") == 0, cli.out + cli.err
 
@@ -762,13 +601,7 @@ def test_aliases_of_a_prefix_trust_domain_are_not_ours(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
     # example_org is a prefix of example_org2: ownership needs the trailing slash.
-    theirs = aws.spire_key(
-        trust_domain="example.org2",
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=None,
-        tagged=False,
-    )
+    theirs = aws.spire_key("example.org2", SERVER, "x509-CA-A", last_update=None, tagged=False)
     assert aws.alias_target(spire.alias_name("example.org2", SERVER, "x509-CA-A"))
 
     # Nothing of this server's is found, and that is a failure, not a quiet success.
@@ -789,21 +622,9 @@ def test_stale_after_boundary(
 ) -> None:
     old = datetime.now(UTC) - 90 * DAY
     key = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
-        last_update=ago(14 * DAY - offset),
-        alias=False,
-        created_at=old,
+        TD, PEER, "x509-CA-A", last_update=ago(14 * DAY - offset), alias=False, created_at=old
     )
-    aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
-        last_update=ago(DAY),
-        alias=False,
-        created_at=old,
-    )
+    peer_key(aws, PEER2, "x509-CA-A", 1)
 
     assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
 

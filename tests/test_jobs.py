@@ -36,10 +36,7 @@ async def test_refresh_stamps_aws_time_when_local_clock_is_off(
     """A clock 15 days behind would make peers reclaim this server's serving keys."""
     now = datetime.now(UTC)
     arn = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=int((now - timedelta(hours=6)).timestamp()),
+        TD, SERVER, "x509-CA-A", last_update=int((now - timedelta(hours=6)).timestamp())
     )
     aws.clock_skew = skew  # AWS's Date header is `skew` away from the local clock
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
@@ -54,10 +51,7 @@ async def test_refresh_stamps_awss_time_even_within_tolerance(aws: Emulator) -> 
     """Stamps are on AWS's clock always: a host clock stepped mid-run cannot move them."""
     now = datetime.now(UTC)
     arn = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=int((now - timedelta(hours=6)).timestamp()),
+        TD, SERVER, "x509-CA-A", last_update=int((now - timedelta(hours=6)).timestamp())
     )
     aws.clock_skew = timedelta(minutes=2)
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
@@ -70,18 +64,18 @@ async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) ->
     """On shutdown, calls in flight finish and no new mutating call starts."""
     now = datetime.now(UTC)
     arn = aws.spire_key(
-        trust_domain=TD,
-        server_id="peer",
-        key_id="x509-CA-A",
+        TD,
+        "peer",
+        "x509-CA-A",
         alias=False,
         last_update=int((now - timedelta(days=20)).timestamp()),
         created_at=now - timedelta(days=90),
     )
     # A second live key keeps the blast-radius fraction at one half.
     aws.spire_key(
-        trust_domain=TD,
-        server_id="peer2",
-        key_id="x509-CA-A",
+        TD,
+        "peer2",
+        "x509-CA-A",
         alias=False,
         last_update=int(now.timestamp()),
         created_at=now - timedelta(days=90),
@@ -100,18 +94,18 @@ async def test_migration_never_takes_a_key_tagged_for_another_server(aws: Emulat
     """An alias of this server pointing at another server's tagged key: left as it is."""
     now = datetime.now(UTC)
     theirs = aws.spire_key(
-        trust_domain=TD,
-        server_id="peer",
-        key_id="x509-CA-A",
+        TD,
+        "peer",
+        "x509-CA-A",
         alias=False,
         last_update=int(now.timestamp()),
         created_at=now - timedelta(days=9),
     )
     aws.create_alias(spire.alias_name(TD, SERVER, "x509-CA-A"), theirs)
     legacy = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="JWT-Signer-A",
+        TD,
+        SERVER,
+        "JWT-Signer-A",
         last_update=None,
         tagged=False,
         created_at=now - timedelta(days=9),

@@ -24,9 +24,7 @@ from daemon.settings import SettingsError, load_settings
 from devtools.emulator import Emulator, free_port
 from devtools.faultproxy import MUTATING, FaultProxy
 from devtools.spire_health import SpireHealth
-from tests.world import PEER, SERVER, TD
-
-DAY = timedelta(days=1)
+from tests.world import DAY, PEER, SERVER, TD, ago
 
 
 @pytest.fixture(autouse=True)
@@ -125,10 +123,6 @@ def test_the_probe_waits_at_most_five_seconds(timeout: str) -> None:
 # --- the jobs, through the CLI -----------------------------------------------------------------
 
 
-def ago(delta: timedelta) -> int:
-    return int((datetime.now(UTC) - delta).timestamp())
-
-
 class Run:
     """One CLI run against the proxy, with settings written to a file."""
 
@@ -170,11 +164,11 @@ def run(tmp_path: Path, proxy: FaultProxy, capsys: pytest.CaptureFixture[str]) -
 
 def seed(aws: Emulator) -> tuple[str, str]:
     """This server's key (refreshed a day ago) and a dead peer's (twenty days stale)."""
-    own = aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=ago(DAY))
+    own = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=ago(DAY))
     dead = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
+        TD,
+        PEER,
+        "x509-CA-A",
         last_update=ago(20 * DAY),
         alias=False,
         created_at=datetime.now(UTC) - 90 * DAY,

@@ -32,7 +32,7 @@ from daemon.plan import (
     judge_all,
     plan_reclaim,
 )
-from daemon.plan.guards import blast_radius_guard, budget_guard, clock_guard, spent
+from daemon.plan.guards import GuardRun, blast_radius_guard, budget_guard, clock_guard, spent
 from tests.plans import (
     ANCIENT,
     LOOSE,
@@ -321,7 +321,9 @@ def test_blast_radius_guard_passes_an_empty_proposal() -> None:
     snapshot = reclaim_snapshot(stale(1, "a"))
     judged = judge_all(snapshot, NOW, LOOSE)
     empty = replace(judged.proposal, new=(), completions=())
-    assert blast_radius_guard(snapshot, judged.verdicts, empty, NOW, LOOSE).refusal is None
+    assert (
+        blast_radius_guard(GuardRun(snapshot, judged.verdicts, NOW, LOOSE), empty).refusal is None
+    )
 
 
 # --- the budget, fleet-wide and over time (B.2.5) -----------------------------------------------
@@ -439,7 +441,7 @@ def test_budget_guard_passes_what_fits() -> None:
     snapshot = reclaim_snapshot(stale(1, "a"), stale(2, "b"))
     judged = judge_all(snapshot, NOW, LOOSE)
     policy = replace(LOOSE, max_reclaims=2)
-    decision = budget_guard(snapshot, judged.verdicts, judged.proposal, NOW, policy)
+    decision = budget_guard(GuardRun(snapshot, judged.verdicts, NOW, policy), judged.proposal)
     assert decision.refusal is None
     assert len(decision.proposal) == 2
 

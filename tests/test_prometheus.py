@@ -158,10 +158,7 @@ def test_alerts_fire_for_the_right_instance_and_no_other(
     for server in SERVERS.values():
         for key_id in ("x509-CA-A", "JWT-Signer-A"):
             aws.spire_key(
-                trust_domain=TD,
-                server_id=server,
-                key_id=key_id,
-                last_update=int((now - timedelta(hours=1)).timestamp()),
+                TD, server, key_id, last_update=int((now - timedelta(hours=1)).timestamp())
             )
     ports = {name: free_port() for name in SERVERS}
     instances = {name: f"127.0.0.1:{port}" for name, port in ports.items()}

@@ -242,9 +242,7 @@ def test_requests_signed_more_than_five_minutes_off_are_refused(
 
 
 def test_date_header_shifted_or_dropped_and_a_stale_index(aws: Emulator, proxy: FaultProxy) -> None:
-    arn = aws.spire_key(
-        trust_domain="example.org", server_id="s", key_id="x509-CA-A", last_update=5, alias=False
-    )
+    arn = aws.spire_key("example.org", "s", "x509-CA-A", last_update=5, alias=False)
     client, tags = kms(proxy), tagging(proxy)
     proxy.date_offset(3600)
     seen = client.describe_key(KeyId=arn)["ResponseMetadata"]["HTTPHeaders"]["date"]

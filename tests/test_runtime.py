@@ -149,32 +149,27 @@ def test_run_serves_metrics_logs_notifies_and_stops(
 ) -> None:
     now = datetime.now(UTC)
     legacy = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
-        last_update=None,
-        tagged=False,
-        created_at=now - timedelta(days=30),
+        TD, SERVER, "x509-CA-A", last_update=None, tagged=False, created_at=now - timedelta(days=30)
     )
     own = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="JWT-Signer-A",
+        TD,
+        SERVER,
+        "JWT-Signer-A",
         last_update=int((now - timedelta(hours=1)).timestamp()),
         created_at=now - timedelta(days=30),
     )
     stale_peer = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER,
-        key_id="x509-CA-A",
+        TD,
+        PEER,
+        "x509-CA-A",
         last_update=int((now - timedelta(days=20)).timestamp()),
         alias=False,
         created_at=now - timedelta(days=90),
     )
     fresh_peer = aws.spire_key(
-        trust_domain=TD,
-        server_id=PEER2,
-        key_id="x509-CA-A",
+        TD,
+        PEER2,
+        "x509-CA-A",
         last_update=int((now - timedelta(hours=1)).timestamp()),
         alias=False,
         created_at=now - timedelta(days=90),
@@ -304,9 +299,9 @@ def test_healthz_and_spire_up_follow_the_spire_server(
     aws: Emulator, spawn: Callable[..., DaemonProcess], tmp_path: Path, spire_health: SpireHealth
 ) -> None:
     own = aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
+        TD,
+        SERVER,
+        "x509-CA-A",
         last_update=int((datetime.now(UTC) - timedelta(hours=1)).timestamp()),
     )
     port = free_port()
@@ -361,9 +356,9 @@ def test_healthz_turns_503_when_get_resources_is_denied(
 ) -> None:
     now = datetime.now(UTC)
     aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
+        TD,
+        SERVER,
+        "x509-CA-A",
         last_update=int((now - timedelta(hours=1)).timestamp()),
         created_at=now - timedelta(days=30),
     )
@@ -424,9 +419,9 @@ def test_sighup_with_invalid_settings_keeps_the_daemon_running(
 ) -> None:
     now = datetime.now(UTC)
     aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
+        TD,
+        SERVER,
+        "x509-CA-A",
         last_update=int((now - timedelta(hours=1)).timestamp()),
         created_at=now - timedelta(days=30),
     )
@@ -478,9 +473,9 @@ def test_sighup_log_level_change_is_applied_or_reported(
     change takes effect on restart (as the reload does for [metrics])."""
     now = datetime.now(UTC)
     aws.spire_key(
-        trust_domain=TD,
-        server_id=SERVER,
-        key_id="x509-CA-A",
+        TD,
+        SERVER,
+        "x509-CA-A",
         last_update=int((now - timedelta(hours=1)).timestamp()),
         created_at=now - timedelta(days=30),
     )
@@ -1052,7 +1047,7 @@ def test_a_clock_stepped_back_an_hour_does_not_stall_the_jobs(
     """Under libfaketime the daemon's wall clock is stepped back an hour (its monotonic clock
     stays real, as an NTP step leaves it): the next refresh still comes after its interval."""
     assert FAKETIME is not None
-    aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
     clock = tmp_path / "faketime"
     clock.write_text("+0\n")
     port = free_port()
@@ -1087,7 +1082,7 @@ def test_a_reload_stuck_on_a_file_neither_freezes_the_daemon_nor_holds_its_stop(
     """SIGHUP re-reads the settings in a thread: a spire_server_config that is a FIFO nobody
     writes (a hung mount, say) blocks that thread, not /healthz, and SIGTERM still ends the
     daemon at once."""
-    aws.spire_key(trust_domain=TD, server_id=SERVER, key_id="x509-CA-A", last_update=1)
+    aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
     port = free_port()
     config = write_config(tmp_path, port)
     daemon = spawn("run", "--config", str(config), env=daemon_env(aws, tmp_path))

@@ -114,9 +114,9 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         for key_id, tagged in (("x509-CA-A", False), ("JWT-Signer-A", True)):
             h.keys.append(
                 emu.spire_key(
-                    trust_domain=TD,
-                    server_id=server_id,
-                    key_id=key_id,
+                    TD,
+                    server_id,
+                    key_id,
                     last_update=int((now - timedelta(days=3)).timestamp()),
                     tagged=tagged,
                     created_at=now - timedelta(days=30),

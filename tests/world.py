@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devtools.emulator import Emulator
+
 #: The trust domain of most tests (IAM policy templates are written for it too).
 TD = "example.org"
 #: Another trust domain, whose keys must never be touched.
@@ -12,3 +18,19 @@ SERVER = "0b6a1bd4-2a5f-4a8b-9a4e-1f0e7c6d5a43"
 PEER = "d3f5c6a1-7b8e-4c2d-9f0a-123456789abc"
 #: A peer that is alive.
 LIVE_PEER = "11111111-2222-4333-8444-555555555555"
+
+DAY = timedelta(days=1)
+
+
+def ago(delta: timedelta) -> int:
+    """A ``spire-last-update`` value (Unix seconds) that long before now."""
+    return int((datetime.now(UTC) - delta).timestamp())
+
+
+def peer_key(emu: Emulator, server: str, key_id: str, days: int | None, **options: Any) -> str:
+    """A key of another server of :data:`TD` as SPIRE leaves it: no alias (a server only aliases
+    its own keys), created 90 days ago, stamped ``days`` days ago (None: never). ``options`` are
+    :meth:`Emulator.spire_key`'s other options. Returns its ARN."""
+    options.setdefault("created_at", datetime.now(UTC) - 90 * DAY)
+    stamp = None if days is None else ago(days * DAY)
+    return emu.spire_key(TD, server, key_id, last_update=stamp, alias=False, **options)

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from daemon.hcl.nodes import (
-    MAX_DEPTH,
-    HclError,
-    Item,
-    ListNode,
-    Literal,
-    Node,
-    ObjectList,
-    ObjectNode,
-    Token,
-    _End,
-    _Fatal,
-    _Text,
-)
-from daemon.hcl.scanner import _Reader, _Tok
-from daemon.hcl.strings import _EOF, _WHITESPACE, _decimal, _digit, _digit_value, _letter
+from daemon.hcl import nodes
+from daemon.hcl.nodes import HclError, Token, _End, _Fatal, _Text
+from daemon.hcl.scanner import _Parser, _Reader, _Tok
+from daemon.hcl.strings import _EOF, _decimal, _digit_value
 
 # --- JSON -----------------------------------------------------------------------------------------
 
@@ -36,42 +24,21 @@ _JSON_PUNCTUATION = {
 class _JsonScanner(_Reader):
     """The library's JSON tokens (it reads JSON with a scanner of its own)."""
 
-    def scan(self) -> _Tok:
-        ch = self.next()
-        while ch in _WHITESPACE:
-            ch = self.next()
-        start = self.i - 1
-        if ch == _EOF:
-            return _Tok("EOF", self.t.n, self.t.n)
-        if _letter(ch):
-            while True:
-                ch = self.next()
-                if not (_letter(ch) or _digit(ch) or ch == "-"):
-                    break
-            if ch != _EOF:
-                self.unread()
-            text = self.t.s[start : self.i]
-            if text in ("true", "false"):
-                return _Tok("BOOL", start, self.i)
-            if text == "null":
-                return _Tok("NULL", start, self.i)
-            raise self.error("illegal char", start)
-        if _decimal(ch):
-            return _Tok(self._number(ch), start, min(self.i, self.t.n))
-        if ch == '"':
-            self._string(start)
-            return _Tok("STRING", start, self.i)
-        if ch == ".":
-            if _decimal(self.peek()):
-                ch = self._mantissa(self.peek(), peeked=True)
-                self._exponent(ch)
-                return _Tok("FLOAT", start, min(self.i, self.t.n))
-            return _Tok("PERIOD", start, self.i)
+    WORD = "-"
+
+    def word_token(self, text: str, start: int) -> _Tok:
+        if text in ("true", "false"):
+            return _Tok("BOOL", start, self.i)
+        if text == "null":
+            return _Tok("NULL", start, self.i)
+        raise self.error("illegal char", start)
+
+    def symbol(self, ch: str, start: int) -> _Tok:
         if ch in _JSON_PUNCTUATION:
             return _Tok(_JSON_PUNCTUATION[ch], start, self.i)
         if ch == "-":
             if _decimal(self.peek()):
-                return _Tok(self._number(self.next()), start, min(self.i, self.t.n))
+                return _Tok(self._number(self.next()), start, self._end())
             raise self.error("illegal char", start)
         raise self.error(f"illegal char: {ch}", start)
 
@@ -113,21 +80,19 @@ class _JsonScanner(_Reader):
         self.unread()
 
 
-class _JsonParser:
+class _JsonParser(_Parser):
     """The library's JSON parser: one object, read as far as its tokens continue it."""
 
+    LITERALS = frozenset({"NUMBER", "FLOAT", "BOOL", "NULL", "STRING"})
+    UNKNOWN_VALUE = "Expected object value, got unknown token"
+
     def __init__(self, text: _Text) -> None:
-        self.t = text
+        super().__init__(text)
         self.scanner = _JsonScanner(text)
-        self.tok = _Tok("EOF", 0, 0)
-        self.depth = 0
 
     def scan(self) -> _Tok:
         self.tok = self.scanner.scan()
         return self.tok
-
-    def error(self, message: str) -> HclError:
-        return self.t.error(message, self.tok.start)
 
     def token(self, tok: _Tok) -> Token:
         line, column = self.t.where(tok.start)
@@ -136,25 +101,23 @@ class _JsonParser:
         text = self.t.s[tok.start : tok.end]
         return Token(tok.kind, text, line, column, json=tok.kind == "STRING")
 
-    def root(self) -> ObjectList:
+    def root(self) -> nodes.ObjectList:
         tok = self.scan()
         if tok.kind != "LBRACE":
             raise self.error(f"Expected object, got unknown token: {tok.kind}")
         return self.object().body
 
-    def object(self) -> ObjectNode:
+    def object(self) -> nodes.ObjectNode:
         line, column = self.t.where(self.tok.start)
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.t.fatal(f"nested more than {MAX_DEPTH} levels deep", self.tok.start)
+        self.deeper()
         items, failure = self.object_list()
         if failure is not None and self.tok.kind != "RBRACE":
             raise failure
         self.depth -= 1
-        return ObjectNode(ObjectList(items), line, column)
+        return nodes.ObjectNode(nodes.ObjectList(items), line, column)
 
-    def object_list(self) -> tuple[list[Item], HclError | None]:
-        items: list[Item] = []
+    def object_list(self) -> tuple[list[nodes.Item], HclError | None]:
+        items: list[nodes.Item] = []
         while True:
             try:
                 item = self.object_item()
@@ -169,7 +132,7 @@ class _JsonParser:
                 break
         return items, None
 
-    def object_item(self) -> Item:
+    def object_item(self) -> nodes.Item:
         keys: list[Token] = []
         while True:
             tok = self.scan()
@@ -183,57 +146,45 @@ class _JsonParser:
                     raise self.error("expected: STRING got: COLON")
                 break
             raise self.error(f"expected: STRING got: {tok.kind}")
-        return Item(keys, self.value(), assign=True)
+        return nodes.Item(keys, self.value(), assign=True)
 
-    def value(self) -> Node:
-        tok = self.scan()
-        if tok.kind in ("NUMBER", "FLOAT", "BOOL", "NULL", "STRING"):
-            return Literal(self.token(tok))
-        if tok.kind == "LBRACE":
-            return self.object()
-        if tok.kind == "LBRACK":
-            return self.list()
-        if tok.kind == "EOF":
-            raise _End
-        raise self.error(f"Expected object value, got unknown token: {tok.kind}")
-
-    def list(self) -> ListNode:
+    def list(self) -> nodes.ListNode:
         line, column = self.t.where(self.tok.start)
-        items: list[Node] = []
+        items: list[nodes.Node] = []
         while True:
             tok = self.scan()
             if tok.kind in ("NUMBER", "FLOAT", "STRING"):
-                items.append(Literal(self.token(tok)))
+                items.append(nodes.Literal(self.token(tok)))
             elif tok.kind == "LBRACE":
                 items.append(self.object())
             elif tok.kind in ("COMMA", "BOOL", "LBRACK"):
                 continue  # the library drops booleans and nested lists here
             elif tok.kind == "RBRACK":
-                return ListNode(items, line, column)
+                return nodes.ListNode(items, line, column)
             else:
                 raise self.error(f"unexpected token while parsing list: {tok.kind}")
 
 
-def _flatten(body: ObjectList) -> None:
+def _flatten(body: nodes.ObjectList) -> None:
     """The library's flattening of JSON: an item whose object holds only objects becomes one item
     per member, keys joined (``"a": {"b": {...}}`` reads as ``a b {...}``); an item whose list
     holds only objects, one item per element. Applied to every object list, top down."""
-    kept: list[Item] = []
+    kept: list[nodes.Item] = []
     frontier = list(body.items)
     while frontier:
         item = frontier.pop()
         value = item.value
-        if isinstance(value, ObjectNode):
+        if isinstance(value, nodes.ObjectNode):
             members = value.body.items
-            if members and all(isinstance(m.value, ObjectNode) for m in members):
-                frontier += [Item(item.keys + m.keys, m.value, item.assign) for m in members]
+            if members and all(isinstance(m.value, nodes.ObjectNode) for m in members):
+                frontier += [nodes.Item(item.keys + m.keys, m.value, item.assign) for m in members]
                 continue
         elif (
-            isinstance(value, ListNode)
+            isinstance(value, nodes.ListNode)
             and value.items
-            and all(isinstance(e, ObjectNode) for e in value.items)
+            and all(isinstance(e, nodes.ObjectNode) for e in value.items)
         ):
-            frontier += [Item(item.keys, e, item.assign) for e in value.items]
+            frontier += [nodes.Item(item.keys, e, item.assign) for e in value.items]
             continue
         kept.append(item)
     kept.reverse()
@@ -243,9 +194,9 @@ def _flatten(body: ObjectList) -> None:
             _flatten(node)
 
 
-def _children(node: Node | None) -> Iterator[ObjectList]:
-    if isinstance(node, ObjectNode):
+def _children(node: nodes.Node | None) -> Iterator[nodes.ObjectList]:
+    if isinstance(node, nodes.ObjectNode):
         yield node.body
-    elif isinstance(node, ListNode):
+    elif isinstance(node, nodes.ListNode):
         for element in node.items:
             yield from _children(element)

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.hcl import nodes
 from daemon.hcl.json import _flatten, _JsonParser
-from daemon.hcl.nodes import (
-    MAX_DEPTH,
-    HclError,
-    Item,
-    ListNode,
-    Literal,
-    Node,
-    ObjectList,
-    ObjectNode,
-    Token,
-    _End,
-    _Text,
-)
-from daemon.hcl.scanner import _HclScanner, _Tok
+from daemon.hcl.nodes import HclError, Token, _End, _Text
+from daemon.hcl.scanner import _HclScanner, _Parser, _Tok
 
 # --- the HCL parser -------------------------------------------------------------------------------
 
@@ -26,13 +15,16 @@ from daemon.hcl.scanner import _HclScanner, _Tok
 _LITERALS = frozenset({"NUMBER", "FLOAT", "BOOL", "STRING", "HEREDOC"})
 
 
-class _HclParser:
+class _HclParser(_Parser):
+    """The library's HCL parser, with one token of look-back."""
+
+    LITERALS = _LITERALS
+    UNKNOWN_VALUE = "Unknown token"
+
     def __init__(self, text: _Text) -> None:
-        self.t = text
+        super().__init__(text)
         self.scanner = _HclScanner(text)
-        self.tok = _Tok("EOF", 0, 0)
         self.held = False
-        self.depth = 0
 
     def scan(self) -> _Tok:
         if self.held:
@@ -47,15 +39,12 @@ class _HclParser:
     def unscan(self) -> None:
         self.held = True
 
-    def error(self, message: str, tok: _Tok | None = None) -> HclError:
-        return self.t.error(message, (tok or self.tok).start)
-
     def token(self, tok: _Tok) -> Token:
         line, column = self.t.where(tok.start)
         return Token(tok.kind, self.t.s[tok.start : tok.end], line, column)
 
-    def object_list(self, braced: bool) -> ObjectList:
-        items: list[Item] = []
+    def object_list(self, braced: bool) -> nodes.ObjectList:
+        items: list[nodes.Item] = []
         while True:
             if braced:
                 tok = self.scan()
@@ -69,15 +58,15 @@ class _HclParser:
             items.append(item)
             if self.scan().kind != "COMMA":
                 self.unscan()
-        return ObjectList(items)
+        return nodes.ObjectList(items)
 
-    def object_item(self) -> Item:
+    def object_item(self) -> nodes.Item:
         keys = self.object_keys()
         tok = self.tok
         if tok.kind == "ASSIGN":
-            return Item(keys, self.value(), assign=True)
+            return nodes.Item(keys, self.value(), assign=True)
         if tok.kind == "LBRACE":
-            return Item(keys, self.object())
+            return nodes.Item(keys, self.object())
         names = " ".join(k.text for k in keys)
         raise self.error(f"key '{names}' expected start of object ('{{') or assignment ('=')")
 
@@ -104,44 +93,27 @@ class _HclParser:
                 continue
             raise self.error(f"expected: IDENT | STRING | ASSIGN | LBRACE got: {tok.kind}")
 
-    def value(self) -> Node:
-        tok = self.scan()
-        if tok.kind in _LITERALS:
-            return Literal(self.token(tok))
-        if tok.kind == "LBRACE":
-            return self.object()
-        if tok.kind == "LBRACK":
-            return self.list()
-        if tok.kind == "EOF":
-            raise _End
-        raise self.error(f"Unknown token: {tok.kind}")
-
-    def _deeper(self) -> None:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.t.fatal(f"nested more than {MAX_DEPTH} levels deep", self.tok.start)
-
-    def object(self) -> ObjectNode:
+    def object(self) -> nodes.ObjectNode:
         line, column = self.t.where(self.tok.start)
-        self._deeper()
+        self.deeper()
         body = self.object_list(braced=True)
         tok = self.scan()
         if tok.kind != "RBRACE":
             raise self.error(f"object expected closing RBRACE got: {tok.kind}")
         self.depth -= 1
-        return ObjectNode(body, line, column)
+        return nodes.ObjectNode(body, line, column)
 
-    def list(self) -> ListNode:
+    def list(self) -> nodes.ListNode:
         line, column = self.t.where(self.tok.start)
-        self._deeper()
-        items: list[Node] = []
+        self.deeper()
+        items: list[nodes.Node] = []
         need_comma = False
         while True:
             tok = self.scan()
             if need_comma and tok.kind not in ("COMMA", "RBRACK"):
                 raise self.error(f"error parsing list, expected comma or list end, got: {tok.kind}")
             if tok.kind in _LITERALS:
-                items.append(Literal(self.token(tok)))
+                items.append(nodes.Literal(self.token(tok)))
                 need_comma = True
             elif tok.kind == "COMMA":
                 need_comma = False
@@ -152,7 +124,7 @@ class _HclParser:
                 items.append(self.list())
             elif tok.kind == "RBRACK":
                 self.depth -= 1
-                return ListNode(items, line, column)
+                return nodes.ListNode(items, line, column)
             else:
                 raise self.error(f"unexpected token while parsing list: {tok.kind}")
 
@@ -174,7 +146,7 @@ def _is_json(text: str) -> bool:
     return False
 
 
-def parse(text: str | bytes, path: Path | str = "<string>") -> ObjectList:
+def parse(text: str | bytes, path: Path | str = "<string>") -> nodes.ObjectList:
     """Parse a whole file as the library does (JSON when it starts with ``{``)."""
     return _parse(text, str(path))[0]
 
@@ -188,7 +160,7 @@ def work(text: str | bytes) -> int:
         return exc.reads
 
 
-def _parse(text: str | bytes, where: str) -> tuple[ObjectList, int]:
+def _parse(text: str | bytes, where: str) -> tuple[nodes.ObjectList, int]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "surrogateescape")
     if _is_json(text):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from daemon.hcl.nodes import HclError, _Text
+from daemon.hcl import nodes
+from daemon.hcl.nodes import MAX_DEPTH, HclError, Token, _End, _Text
 from daemon.hcl.strings import _EOF, _WHITESPACE, _decimal, _digit, _digit_value, _hex, _letter
 
 
@@ -47,6 +48,61 @@ class _Reader:
         if depth > 0 and ch == "}":
             return depth - 1
         return depth
+
+    #: The characters a word may hold besides letters and digits.
+    WORD: str
+
+    def scan(self) -> _Tok:
+        """The next token. What both scanners read alike comes here; words and the rest go to
+        :meth:`word_token` and :meth:`symbol`."""
+        ch, start = self.first()
+        if ch == _EOF:
+            return _Tok("EOF", self.t.n, self.t.n)
+        if _letter(ch):
+            return self.word_token(self.word(start, self.WORD), start)
+        if _decimal(ch):
+            return _Tok(self._number(ch), start, self._end())
+        if ch == '"':
+            self._string(start)
+            return _Tok("STRING", start, self.i)
+        if ch == ".":
+            if _decimal(self.peek()):
+                self._exponent(self._mantissa(self.peek(), peeked=True))
+                return _Tok("FLOAT", start, self._end())
+            return _Tok("PERIOD", start, self.i)
+        return self.symbol(ch, start)
+
+    def word_token(self, text: str, start: int) -> _Tok:
+        raise NotImplementedError
+
+    def symbol(self, ch: str, start: int) -> _Tok:
+        raise NotImplementedError
+
+    def _number(self, ch: str) -> str:
+        raise NotImplementedError
+
+    def _string(self, start: int) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> int:
+        return min(self.i, self.t.n)
+
+    def first(self) -> tuple[str, int]:
+        """The first character after white space, and where it stands."""
+        ch = self.next()
+        while ch in _WHITESPACE:
+            ch = self.next()
+        return ch, self.i - 1
+
+    def word(self, start: int, also: str) -> str:
+        """The word that began at ``start``: letters, digits and the characters in ``also``."""
+        while True:
+            ch = self.next()
+            if not (_letter(ch) or _digit(ch) or ch in also):
+                break
+        if ch != _EOF:
+            self.unread()
+        return self.t.s[start : self.i]
 
     def peek(self) -> str:
         t = self.t
@@ -136,39 +192,66 @@ class _Tok:
     end: int
 
 
+class _Parser:
+    """What the library's HCL and JSON parsers share: the current token, the nesting depth and
+    the reading of one value."""
+
+    #: Token kinds that are a value by themselves.
+    LITERALS: frozenset[str]
+    #: How the library words a token that cannot start a value.
+    UNKNOWN_VALUE: str
+
+    def __init__(self, text: _Text) -> None:
+        self.t = text
+        self.tok = _Tok("EOF", 0, 0)
+        self.depth = 0
+
+    def scan(self) -> _Tok:
+        raise NotImplementedError
+
+    def token(self, tok: _Tok) -> Token:
+        raise NotImplementedError
+
+    def object(self) -> nodes.ObjectNode:
+        raise NotImplementedError
+
+    def list(self) -> nodes.ListNode:
+        raise NotImplementedError
+
+    def error(self, message: str) -> HclError:
+        return self.t.error(message, self.tok.start)
+
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.t.fatal(f"nested more than {MAX_DEPTH} levels deep", self.tok.start)
+
+    def value(self) -> nodes.Node:
+        tok = self.scan()
+        if tok.kind in self.LITERALS:
+            return nodes.Literal(self.token(tok))
+        if tok.kind == "LBRACE":
+            return self.object()
+        if tok.kind == "LBRACK":
+            return self.list()
+        if tok.kind == "EOF":
+            raise _End
+        raise self.error(f"{self.UNKNOWN_VALUE}: {tok.kind}")
+
+
 class _HclScanner(_Reader):
     """HCL's tokens. Every error is raised at once: the library reports scanner errors as a
     failure of the whole parse, so the first one decides."""
 
-    def scan(self) -> _Tok:
-        ch = self.next()
-        while ch in _WHITESPACE:
-            ch = self.next()
-        start = self.i - 1
-        if ch == _EOF:
-            return _Tok("EOF", self.t.n, self.t.n)
-        if _letter(ch):
-            while True:
-                ch = self.next()
-                if not (_letter(ch) or _digit(ch) or ch in "-."):
-                    break
-            if ch != _EOF:
-                self.unread()
-            text = self.t.s[start : self.i]
-            return _Tok("BOOL" if text in ("true", "false") else "IDENT", start, self.i)
-        if _decimal(ch):
-            return _Tok(self._number(ch), start, self._end())
-        if ch == '"':
-            self._string(start)
-            return _Tok("STRING", start, self.i)
+    WORD = "-."
+
+    def word_token(self, text: str, start: int) -> _Tok:
+        return _Tok("BOOL" if text in ("true", "false") else "IDENT", start, self.i)
+
+    def symbol(self, ch: str, start: int) -> _Tok:
         if ch in "#/":
             self._comment(ch, start)
             return _Tok("COMMENT", start, self._end())
-        if ch == ".":
-            if _decimal(self.peek()):
-                self._exponent(self._mantissa(self.peek(), peeked=True))
-                return _Tok("FLOAT", start, self._end())
-            return _Tok("PERIOD", start, self.i)
         if ch == "<":
             self._heredoc(start)
             return _Tok("HEREDOC", start, self.i)
@@ -181,9 +264,6 @@ class _HclScanner(_Reader):
                 return _Tok(self._number(self.next()), start, self._end())
             return _Tok("SUB", start, self.i)
         raise self.error("illegal char", start)
-
-    def _end(self) -> int:
-        return min(self.i, self.t.n)
 
     def _number(self, ch: str) -> str:
         if ch == "0":

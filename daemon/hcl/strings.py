@@ -108,18 +108,12 @@ def _unquote_hcl(text: str) -> bytes | None:
             out += _encode(s[i:j])
             i = j
             continue
-        ch = s[i]
-        if ch in ("\n", '"'):
+        if s[i] in ("\n", '"'):
             return None
-        if ch != "\\":
-            out += _encode(ch)
-            i += 1
-            continue
-        found = _escape_at(s, i, go=False)
-        if found is None:
+        step = _character(s, i, out, go=False)
+        if step is None:
             return None
-        value, i = found
-        out += value
+        i = step
     return bytes(out)
 
 
@@ -133,19 +127,25 @@ def _unquote_go(text: str) -> bytes | None:
     out = bytearray()
     i, n = 0, len(s)
     while i < n:
-        ch = s[i]
-        if ch == '"':
+        step = None if s[i] == '"' else _character(s, i, out, go=True)
+        if step is None:
             return None
-        if ch != "\\":
-            out += _encode(ch)
-            i += 1
-            continue
-        found = _escape_at(s, i, go=True)
-        if found is None:
-            return None
-        value, i = found
-        out += value
+        i = step
     return bytes(out)
+
+
+def _character(s: str, i: int, out: bytearray, *, go: bool) -> int | None:
+    """Append the character or escape sequence at ``s[i]`` to ``out``; where the next one starts,
+    or None for an escape the rules refuse."""
+    if s[i] != "\\":
+        out += _encode(s[i])
+        return i + 1
+    found = _escape_at(s, i, go=go)
+    if found is None:
+        return None
+    value, end = found
+    out += value
+    return end
 
 
 def _heredoc_value(text: str) -> str:

@@ -82,10 +82,19 @@ class Decision:
     detail: str = ""
 
 
-#: A guard: (snapshot, verdicts, proposal, now, policy) -> what it lets through.
-Guard = Callable[
-    [ReclaimSnapshot, Sequence[KeyVerdict], Proposal, datetime, ReclaimPolicy], Decision
-]
+@dataclass(frozen=True, slots=True)
+class GuardRun:
+    """What a guard reads of the run: what was observed, what the rules judged, AWS's time and
+    the policy."""
+
+    snapshot: ReclaimSnapshot
+    verdicts: Sequence[KeyVerdict]
+    now: datetime
+    policy: ReclaimPolicy
+
+
+#: A guard: (the run, what the guards before it let through) -> what it lets through.
+Guard = Callable[[GuardRun, Proposal], Decision]
 
 
 def check_clock(
@@ -108,15 +117,10 @@ def check_clock(
     return None
 
 
-def clock_guard(
-    snapshot: ReclaimSnapshot,
-    verdicts: Sequence[KeyVerdict],
-    proposal: Proposal,
-    now: datetime,
-    policy: ReclaimPolicy,
-) -> Decision:
+def clock_guard(run: GuardRun, proposal: Proposal) -> Decision:
     """Act on nothing while the local clock and AWS's disagree."""
-    why = check_clock(snapshot.aws_time, snapshot.local_time, policy.clock_skew_tolerance)
+    snapshot = run.snapshot
+    why = check_clock(snapshot.aws_time, snapshot.local_time, run.policy.clock_skew_tolerance)
     if why is None:
         return Decision(proposal)
     return Decision(Proposal(), Refusal.CLOCK_SKEW, why)
@@ -185,19 +189,14 @@ def servers(
     )
 
 
-def blast_radius_guard(
-    snapshot: ReclaimSnapshot,
-    verdicts: Sequence[KeyVerdict],
-    proposal: Proposal,
-    now: datetime,
-    policy: ReclaimPolicy,
-) -> Decision:
+def blast_radius_guard(run: GuardRun, proposal: Proposal) -> Decision:
     """Refuse, whole, a run that would leave too many of the trust domain's servers without a
     live key. Counted in servers, over well-formed keys known not to be pending deletion: junk
     tags and keys on their way out cannot make the share look small."""
     if not len(proposal):
         return Decision(proposal)
-    found = servers(snapshot, verdicts, proposal)
+    found = servers(run.snapshot, run.verdicts, proposal)
+    policy = run.policy
     dead = found.touched - found.live
     total = found.total
     if len(dead) <= round(policy.max_reclaim_fraction * len(total), 9):
@@ -267,13 +266,7 @@ def _oldest_mark_first(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=rank)
 
 
-def budget_guard(
-    snapshot: ReclaimSnapshot,
-    verdicts: Sequence[KeyVerdict],
-    proposal: Proposal,
-    now: datetime,
-    policy: ReclaimPolicy,
-) -> Decision:
+def budget_guard(run: GuardRun, proposal: Proposal) -> Decision:
     """Keep the trust domain's deletions within ``max_reclaims`` per window, fleet-wide.
 
     What is spent is read from AWS, so retries, restarts and every daemon of the trust domain
@@ -283,7 +276,8 @@ def budget_guard(
     """
     if not len(proposal):
         return Decision(proposal)
-    used = spent(snapshot, now, policy)
+    policy, now = run.policy, run.now
+    used = spent(run.snapshot, now, policy)
     left = max(0, policy.max_reclaims - len(used))
     ordered = [*_oldest_mark_first(proposal.completions), *_stalest_first(proposal.new)]
     if len(ordered) <= left:
@@ -319,20 +313,12 @@ def _hours(window: timedelta) -> str:
 GUARDS: tuple[Guard, ...] = (clock_guard, blast_radius_guard, budget_guard)
 
 
-def fold_guards(
-    guards: Sequence[Guard],
-    snapshot: ReclaimSnapshot,
-    verdicts: Sequence[KeyVerdict],
-    proposal: Proposal,
-    *,
-    now: datetime,
-    policy: ReclaimPolicy,
-) -> Decision:
+def fold_guards(guards: Sequence[Guard], run: GuardRun, proposal: Proposal) -> Decision:
     """Apply the guards in order; each sees what the ones before it let through, and the first
     refusal is the run's."""
     decision = Decision(proposal)
     for guard in guards:
-        result = guard(snapshot, verdicts, decision.proposal, now, policy)
+        result = guard(run, decision.proposal)
         if decision.refusal is None:
             decision = result
         else:

@@ -36,7 +36,7 @@ from daemon.plan.common import (
     relevant_tags,
     unix,
 )
-from daemon.plan.guards import GUARDS, Candidate, Proposal, fold_guards
+from daemon.plan.guards import GUARDS, Candidate, GuardRun, Proposal, fold_guards
 from daemon.plan.staleness import ReclaimPolicy, judge_tags
 
 
@@ -231,9 +231,8 @@ def plan_reclaim(snapshot: ReclaimSnapshot, policy: ReclaimPolicy) -> Plan:
     if now is None:
         raise ValueError("a reclaim snapshot needs aws_time (or at least local_time)")
     judged = judge_all(snapshot, now, policy)
-    decided = fold_guards(
-        GUARDS, snapshot, judged.verdicts, judged.proposal, now=now, policy=policy
-    )
+    run = GuardRun(snapshot, judged.verdicts, now, policy)
+    decided = fold_guards(GUARDS, run, judged.proposal)
     return Plan(
         Job.RECLAIM,
         _actions(decided.proposal, now, policy),
