@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -19,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.emulator import Emulator
+from tests.world import SERVER, TD
 
 ROOT = Path(__file__).resolve().parents[1]
 P = "spire_kms_reconciler_"
@@ -193,3 +196,70 @@ class DaemonProcess:
             self.proc.wait(timeout=10)
         for pump in self._pumps:
             pump.join(timeout=5)
+
+
+def write_config(
+    tmp: Path,
+    port: int,
+    *,
+    refresh_interval: str = "2s",
+    read_timeout: str = "5s",
+    extra: str = "",
+    spire_url: str | None = None,
+) -> Path:
+    """Settings with second-scale schedules; the key identifier file holds SERVER."""
+    keyid = tmp / "keyid"
+    keyid.write_text(SERVER)
+    path = tmp / "config.toml"
+    path.write_text(
+        f'trust_domain = "{TD}"\n'
+        'region = "us-east-1"\n'
+        f'key_identifier_file = "{keyid}"\n'
+        + (f'spire_health_url = "{spire_url}"\n' if spire_url else "assume_spire_alive = true\n")
+        + f"{extra}"
+        f'[refresh]\ninterval = "{refresh_interval}"\nalias_scan_interval = "2s"\njitter = 0\n'
+        '[reclaim]\ninterval = "3s"\nstart_delay = "1s"\njitter = 0\n'
+        f'[metrics]\nlisten_address = "127.0.0.1:{port}"\n'
+        f'[aws]\nconnect_timeout = "2s"\nread_timeout = "{read_timeout}"\nmax_attempts = 2\n'
+        "mutating_calls_per_second = 50\n"
+        '[log]\nformat = "json"\nlevel = "info"\n'
+    )
+    return path
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's; drained continuously by a thread."""
+
+    def __init__(self, directory: Path) -> None:
+        path = directory / "notify"
+        if len(str(path)) > 100:  # sun_path is 108 bytes
+            path = Path(tempfile.mkdtemp(prefix="sdn-")) / "notify"
+        self.path = path
+        self.messages: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.1)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(data.decode())
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return [line for message in self.messages for line in message.splitlines()]
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=5)
+        self._sock.close()

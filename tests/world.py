@@ -34,3 +34,12 @@ def peer_key(emu: Emulator, server: str, key_id: str, days: int | None, **option
     options.setdefault("created_at", datetime.now(UTC) - 90 * DAY)
     stamp = None if days is None else ago(days * DAY)
     return emu.spire_key(TD, server, key_id, last_update=stamp, alias=False, **options)
+
+
+def own_key(emu: Emulator, key_id: str, hours: int | None, **options: Any) -> str:
+    """A key of :data:`SERVER` as SPIRE leaves it: SPIRE's alias points to it, created 30 days
+    ago, stamped ``hours`` hours ago (None: never). ``options`` are :meth:`Emulator.spire_key`'s
+    other options. Returns its ARN."""
+    options.setdefault("created_at", datetime.now(UTC) - 30 * DAY)
+    stamp = None if hours is None else ago(timedelta(hours=hours))
+    return emu.spire_key(TD, SERVER, key_id, last_update=stamp, **options)
