@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import (
     ConfigDict,
     ModelWrapValidatorHandler,
     ValidationError,
+    field_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
@@ -102,10 +104,23 @@ def _validate_with_cross_checks(
 # --- small field checks -------------------------------------------------------------------------
 
 
-def _positive(td: timedelta) -> timedelta:
-    if td <= timedelta(0):
-        raise ValueError("must be greater than 0 (e.g. 6h)")
-    return td
+def rule(*fields: str, holds: Callable[[Any], bool], otherwise: str) -> Any:
+    """A field validator for ``fields``: a value for which ``holds`` is false is refused with the
+    message ``otherwise``. None (an optional field left unset) always passes."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not holds(value):
+            raise ValueError(otherwise)
+        return value
+
+    return field_validator(*fields)(check)
+
+
+def positive_durations(*fields: str) -> Any:
+    """Durations that must be above 0."""
+    return rule(
+        *fields, holds=lambda td: td > timedelta(0), otherwise="must be greater than 0 (e.g. 6h)"
+    )
 
 
 #: The shortest interval a job may have; below SHORT_INTERVAL, check and the start warn.
@@ -113,18 +128,38 @@ MIN_INTERVAL = timedelta(seconds=1)
 SHORT_INTERVAL = timedelta(minutes=5)
 
 
-def _interval(td: timedelta) -> timedelta:
-    if td < MIN_INTERVAL:
-        raise ValueError(
-            f"must be at least {format_duration(MIN_INTERVAL)} (SPIRE's own cadence is 6h)"
-        )
-    return td
+def job_intervals(*fields: str) -> Any:
+    """Job intervals: at least :data:`MIN_INTERVAL`."""
+    return rule(
+        *fields,
+        holds=lambda td: td >= MIN_INTERVAL,
+        otherwise=f"must be at least {format_duration(MIN_INTERVAL)} (SPIRE's own cadence is 6h)",
+    )
 
 
-def _jitter(value: float) -> float:
-    if not 0 <= value <= _JITTER_CEILING:
-        raise ValueError(f"must be between 0 and {_JITTER_CEILING} (a fraction of the interval)")
-    return value
+def jitter_fraction(*fields: str) -> Any:
+    """Jitter fractions: 0 to :data:`_JITTER_CEILING`."""
+    return rule(
+        *fields,
+        holds=lambda value: 0 <= value <= _JITTER_CEILING,
+        otherwise=f"must be between 0 and {_JITTER_CEILING} (a fraction of the interval)",
+    )
+
+
+def matches(field: str, pattern: str | re.Pattern[str], otherwise: str) -> Any:
+    """A text field that must match ``pattern`` whole."""
+    return rule(
+        field, holds=lambda value: re.fullmatch(pattern, value) is not None, otherwise=otherwise
+    )
+
+
+def duration_within(field: str, ceiling: timedelta) -> Any:
+    """A duration above 0 and at most ``ceiling``."""
+    return rule(
+        field,
+        holds=lambda td: timedelta(0) < td <= ceiling,
+        otherwise=f"must be above 0 and at most {format_duration(ceiling)}",
+    )
 
 
 def _not_bool(value: object) -> object:

@@ -32,6 +32,8 @@ from daemon.settings.checks import (
     _raw,
     _unset,
     _validate_with_cross_checks,
+    duration_within,
+    matches,
 )
 from daemon.settings.sections import (
     AwsSettings,
@@ -182,32 +184,17 @@ class Settings(BaseSettings):
         except ContractError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("spire_health_url")
-    @classmethod
-    def _spire_health_url(cls, value: str | None) -> str | None:
-        if value is not None and not _HEALTH_URL_RE.fullmatch(value):
-            raise ValueError(
-                "must be an http:// or https:// URL with a host, e.g. http://localhost:8080/live"
-            )
-        return value
-
-    @field_validator("spire_health_timeout")
-    @classmethod
-    def _spire_health_timeout(cls, value: timedelta) -> timedelta:
-        if not timedelta(0) < value <= _HEALTH_TIMEOUT_CEILING:
-            raise ValueError(
-                f"must be above 0 and at most {format_duration(_HEALTH_TIMEOUT_CEILING)}"
-            )
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION_RE.fullmatch(value):
-            raise ValueError(
-                "must be an AWS region name like us-east-1 (or unset to use the AWS configuration)"
-            )
-        return value
+    _spire_health_url = matches(
+        "spire_health_url",
+        _HEALTH_URL_RE,
+        "must be an http:// or https:// URL with a host, e.g. http://localhost:8080/live",
+    )
+    _spire_health_timeout = duration_within("spire_health_timeout", _HEALTH_TIMEOUT_CEILING)
+    _region = matches(
+        "region",
+        _REGION_RE,
+        "must be an AWS region name like us-east-1 (or unset to use the AWS configuration)",
+    )
 
     @field_validator("key_identifier_value")
     @classmethod

@@ -26,13 +26,16 @@ from daemon.settings.checks import (
     _cross_error,
     _Float,
     _Int,
-    _interval,
-    _jitter,
     _lower,
     _none_if_empty,
-    _positive,
     _raw,
     _validate_with_cross_checks,
+    duration_within,
+    jitter_fraction,
+    job_intervals,
+    matches,
+    positive_durations,
+    rule,
 )
 from daemon.spire import (
     SPIRE_TAGS,
@@ -70,8 +73,8 @@ class RefreshSettings(BaseModel):
         description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
     )
 
-    _intervals = field_validator("interval", "alias_scan_interval")(_interval)
-    _jitter_range = field_validator("jitter")(_jitter)
+    _intervals = job_intervals("interval", "alias_scan_interval")
+    _jitter = jitter_fraction("jitter")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -157,41 +160,28 @@ class ReclaimSettings(BaseModel):
         description="Random delay added to each run, as a fraction of interval (0 to 0.5).",
     )
 
-    _intervals = field_validator("interval")(_interval)
-    _jitter_range = field_validator("jitter")(_jitter)
+    _intervals = job_intervals("interval")
+    _jitter = jitter_fraction("jitter")
 
-    @field_validator("stale_after")
-    @classmethod
-    def _stale_after_floor(cls, value: timedelta) -> timedelta:
-        if value < STALE_AFTER_FLOOR:
-            raise ValueError(
-                f"must be at least {format_duration(STALE_AFTER_FLOOR)} (SPIRE refreshes its "
-                "keys every 6h; a shorter window would reclaim live keys)"
-            )
-        return value
-
-    @field_validator("pending_window_days")
-    @classmethod
-    def _pending_window(cls, value: int) -> int:
-        if not 7 <= value <= 30:
-            raise ValueError("must be between 7 and 30 (AWS's PendingWindowInDays limit)")
-        return value
-
-    @field_validator("max_reclaims")
-    @classmethod
-    def _max_reclaims(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be 0 or more (0 reclaims nothing)")
-        return value
-
-    @field_validator("max_reclaim_fraction")
-    @classmethod
-    def _max_fraction(cls, value: float) -> float:
-        if not 0 < value <= 1:
-            raise ValueError(
-                "must be above 0 and at most 1 (a share of the trust domain's servers)"
-            )
-        return value
+    _stale_after = rule(
+        "stale_after",
+        holds=lambda td: td >= STALE_AFTER_FLOOR,
+        otherwise=f"must be at least {format_duration(STALE_AFTER_FLOOR)} (SPIRE refreshes its "
+        "keys every 6h; a shorter window would reclaim live keys)",
+    )
+    _pending_window = rule(
+        "pending_window_days",
+        holds=lambda days: 7 <= days <= 30,
+        otherwise="must be between 7 and 30 (AWS's PendingWindowInDays limit)",
+    )
+    _max_reclaims = rule(
+        "max_reclaims", holds=lambda n: n >= 0, otherwise="must be 0 or more (0 reclaims nothing)"
+    )
+    _max_fraction = rule(
+        "max_reclaim_fraction",
+        holds=lambda share: 0 < share <= 1,
+        otherwise="must be above 0 and at most 1 (a share of the trust domain's servers)",
+    )
 
     @field_validator("protect_tag")
     @classmethod
@@ -208,12 +198,7 @@ class ReclaimSettings(BaseModel):
             )
         return value
 
-    @field_validator("clock_skew_tolerance")
-    @classmethod
-    def _clock_skew(cls, value: timedelta) -> timedelta:
-        if not timedelta(0) < value <= _CLOCK_SKEW_CEILING:
-            raise ValueError(f"must be above 0 and at most {format_duration(_CLOCK_SKEW_CEILING)}")
-        return value
+    _clock_skew = duration_within("clock_skew_tolerance", _CLOCK_SKEW_CEILING)
 
 
 _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -320,32 +305,20 @@ class AwsSettings(BaseModel):
         "AWS_ENDPOINT_URL itself.",
     )
 
-    _positive_timeouts = field_validator("connect_timeout", "read_timeout")(_positive)
-
-    @field_validator("max_attempts")
-    @classmethod
-    def _max_attempts(cls, value: int) -> int:
-        if not 1 <= value <= 20:
-            raise ValueError("must be between 1 and 20 (total attempts, the first included)")
-        return value
-
-    @field_validator("max_concurrency")
-    @classmethod
-    def _max_concurrency(cls, value: int) -> int:
-        if not 1 <= value <= 64:
-            raise ValueError("must be between 1 and 64")
-        return value
-
-    @field_validator("mutating_calls_per_second")
-    @classmethod
-    def _rate(cls, value: float) -> float:
-        if not (math.isfinite(value) and 0 < value <= 50):
-            raise ValueError("must be above 0 and at most 50 (KMS quotas are shared with SPIRE)")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+    _timeouts = positive_durations("connect_timeout", "read_timeout")
+    _max_attempts = rule(
+        "max_attempts",
+        holds=lambda n: 1 <= n <= 20,
+        otherwise="must be between 1 and 20 (total attempts, the first included)",
+    )
+    _max_concurrency = rule(
+        "max_concurrency", holds=lambda n: 1 <= n <= 64, otherwise="must be between 1 and 64"
+    )
+    _rate = rule(
+        "mutating_calls_per_second",
+        holds=lambda rate: math.isfinite(rate) and 0 < rate <= 50,
+        otherwise="must be above 0 and at most 50 (KMS quotas are shared with SPIRE)",
+    )
+    _endpoint_url = matches(
+        "endpoint_url", r"https?://[^\s/?#]+(/\S*)?", "must be an http:// or https:// URL"
+    )
