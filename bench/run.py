@@ -56,7 +56,8 @@ import aioboto3
 
 from bench.baseline import LegacySpire
 from daemon import logs, spire
-from daemon.aws.client import AwsApi, AwsOptions, client_config, open_aws
+from daemon.aws.client import AwsApi, AwsOptions
+from daemon.aws.session import client_config, open_aws
 from daemon.cli import aws_options
 from daemon.jobs import Context, reclaim_once, refresh_once, summary_fields
 from daemon.metrics import Metrics

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TextIO
 
 from daemon import __version__, logs, spire
-from daemon.aws.client import AwsApi, AwsOptions, open_aws
+from daemon.aws.client import AwsApi, AwsOptions
 from daemon.aws.errors import AccessDenied, AwsError
+from daemon.aws.session import open_aws
 from daemon.check import offline_report, permissions, probe_all, spire_status
 from daemon.jobs import Context
 from daemon.listing import list_keys

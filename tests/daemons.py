@@ -146,20 +146,19 @@ class DaemonProcess:
         timeout: float = DEADLINE,
     ) -> dict[str, Any]:
         """The first stdout event named ``event`` at index >= ``since`` that satisfies ``where``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for found in self.events()[since:]:
-                if found.get("event") == event and where(found):
-                    return found
-            if self.proc.poll() is not None:
-                self.finish(timeout=5)
-                pytest.fail(f"daemon exited ({self.proc.returncode}) before {event}\n{self.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {event} event within {timeout}s\n{self.tail()}")
-            time.sleep(0.05)
 
-    def poll_until(self, what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-        """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+        def found() -> dict[str, Any] | None:
+            return next(
+                (e for e in self.events()[since:] if e.get("event") == event and where(e)), None
+            )
+
+        return dict(self.poll_until(f"a {event} event", found, timeout, every=0.05))
+
+    def poll_until(
+        self, what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1
+    ) -> Any:
+        """Call ``check`` every ``every`` seconds until it returns something truthy; fail after
+        ``timeout``, or at once if the daemon exits first."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while True:
@@ -175,7 +174,7 @@ class DaemonProcess:
                 pytest.fail(f"daemon exited before {what} (last: {last!r})\n{self.tail()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"{what}: not within {timeout}s (last: {last!r})\n{self.tail()}")
-            time.sleep(0.1)
+            time.sleep(every)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

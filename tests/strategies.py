@@ -50,6 +50,7 @@ TOLERANCE = timedelta(minutes=5)
 #: SPIRE key IDs used by the generators: few, so that keys of one server collide on a key ID.
 KEY_IDS = ("x509-CA-A", "x509-CA-B", "JWT-Signer-A", "bundle-acme-foo.bar+rsa")
 
+#: spire-last-update values SPIRE's strconv.ParseInt or the daemon's rules refuse.
 MALFORMED_LAST_UPDATES = (
     "1.5",
     " 12",
@@ -59,11 +60,18 @@ MALFORMED_LAST_UPDATES = (
     "-5",
     "",
     "0012",
+    "00",
     str(2**63),
-    "١٢",
-    "1e9",
+    str(2**64),
+    "١٢",  # Arabic-Indic digits: str.isdigit() but not Unix seconds
+    "１２",  # fullwidth digits
     "12\n",
+    "\n12",
+    "1_000",
+    "1e9",
+    "12abc",
     "abc",
+    "NaN",
 )
 
 
@@ -141,24 +149,17 @@ def make_tags(
 def make_key(
     n: int,
     *,
-    td: str | None = TD,
-    server: str | None = OWN,
-    active: str | None = spire.ACTIVE_TRUE,
-    key_id: str | None = "x509-CA-A",
-    last_update: str | None = None,
-    extra: Mapping[str, str] | None = None,
     state: str = KEY_STATE_ENABLED,
     created: datetime | None = NOW - 100 * DAY,
     described: bool = True,
     aliases: Sequence[AliasMeta] | None = (),
     meta_fields: Mapping[str, object] | None = None,
+    **tags: Any,
 ) -> ObservedKey:
-    """A tagged key as the observer reports it."""
-    tags = make_tags(
-        td=td, server=server, active=active, key_id=key_id, last_update=last_update, extra=extra
-    )
+    """A tagged key as the observer reports it; ``tags`` are :func:`make_tags`'s arguments."""
     meta = make_meta(n, state, created, **dict(meta_fields or {})) if described else None
-    return ObservedKey(key_arn(n), tags, meta, tuple(aliases) if aliases is not None else None)
+    aliased = tuple(aliases) if aliases is not None else None
+    return ObservedKey(key_arn(n), make_tags(**tags), meta, aliased)
 
 
 def make_alias_target(

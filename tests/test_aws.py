@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from daemon import spire
-from daemon.aws.client import AwsApi, AwsOptions, open_aws, release_endpoint_table
+from daemon.aws.client import AwsApi, AwsOptions
 from daemon.aws.clock import RunClock, current_run_clock, run_clock
 from daemon.aws.errors import (
     AccessDenied,
@@ -30,6 +30,7 @@ from daemon.aws.errors import (
     translate,
 )
 from daemon.aws.limits import RateLimiter
+from daemon.aws.session import open_aws, release_endpoint_table
 from daemon.jobs import Context, refresh_once
 from daemon.model import Outcome
 from daemon.settings import Settings

@@ -234,29 +234,28 @@ def test_check_passes_against_the_emulator(
         assert proxy.count(op) == 0, op
 
 
-def test_check_exits_3_when_get_resources_is_denied(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("fault", "exit_code", "shown"),
+    [("deny", 3, "DENIED"), ("server_error", 1, "InternalFailure")],
+)
+def test_check_exit_code_tells_a_denied_permission_from_another_failure(
+    aws: Emulator,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+    exit_code: int,
+    shown: str,
 ) -> None:
-    proxy.deny("GetResources")
+    getattr(proxy, fault)("GetResources")
     config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "check", "--config", str(config))
 
-    assert code == 3, out + err
-    assert "DENIED" in out
-    assert_explains_get_resources(out)
-
-
-def test_check_exits_1_when_aws_fails_otherwise(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    proxy.server_error("GetResources")
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
-
-    code, out, err = run(capsys, "check", "--config", str(config))
-
-    assert code == 1, out + err
-    assert "InternalFailure" in out
+    assert code == exit_code, out + err
+    assert shown in out
+    if fault == "deny":
+        assert_explains_get_resources(out)
 
 
 def test_check_warns_about_intervals_under_five_minutes(

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from daemon import spire
-from daemon.aws.client import MUTATING_OPERATIONS, AwsOptions, open_aws
+from daemon.aws.client import MUTATING_OPERATIONS, AwsOptions
 from daemon.aws.errors import IAM_ACTIONS
+from daemon.aws.session import open_aws
 from daemon.jobs import Context, reclaim_once, refresh_once
 from daemon.model import Job, Outcome
 from daemon.settings import load_settings

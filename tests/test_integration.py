@@ -20,7 +20,7 @@ from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from devtools.spire_health import SpireHealth
-from tests.world import DAY, OTHER_TD, PEER, SERVER, TD, ago, peer_key
+from tests.world import DAY, OTHER_TD, PEER, SERVER, TD, ago, tag_only_key
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +84,8 @@ def stale_and_live_peer(aws: Emulator) -> str:
 
     Returns the stale key's ARN.
     """
-    stale = peer_key(aws, PEER, "x509-CA-A", 20)
-    peer_key(aws, PEER2, "x509-CA-A", 1)
+    stale = tag_only_key(aws, PEER, "x509-CA-A", 20)
+    tag_only_key(aws, PEER2, "x509-CA-A", 1)
     return stale
 
 
@@ -124,7 +124,7 @@ def seed_world(emu: Emulator) -> World:
     superseded = emu.spire_key(
         TD, SERVER, "x509-CA-A", last_update=ago(3 * DAY), alias=False, created_at=now - 40 * DAY
     )
-    stale_peer = peer_key(emu, PEER, "x509-CA-A", 20)
+    stale_peer = tag_only_key(emu, PEER, "x509-CA-A", 20)
 
     def peer(key_id: str, last_update: int | None, **kw: object) -> str:
         params: dict[str, object] = {"alias": False, "created_at": old}
@@ -289,9 +289,9 @@ def test_blast_radius_guard_refuses_the_whole_run(
 def test_clock_guard_refuses_when_aws_clock_disagrees(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    stale = peer_key(aws, PEER, "x509-CA-A", 20)
+    stale = tag_only_key(aws, PEER, "x509-CA-A", 20)
     for kid in ("x509-CA-A", "JWT-Signer-A", "x509-CA-B"):
-        peer_key(aws, PEER2, kid, 1)
+        tag_only_key(aws, PEER2, kid, 1)
     before = aws.tags(stale)
     aws.clock_skew = timedelta(days=15)
 
@@ -309,7 +309,7 @@ def test_clock_guard_refuses_when_aws_clock_disagrees(
 
 
 def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
-    marked = peer_key(
+    marked = tag_only_key(
         aws,
         PEER,
         "x509-CA-A",
@@ -317,8 +317,8 @@ def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli:
         active="false",
         extra_tags={spire.TAG_MARKED_AT: str(ago(timedelta(hours=1)))},
     )
-    unmarked = peer_key(aws, PEER, "JWT-Signer-A", 20, active="false")
-    peer_key(aws, PEER2, "x509-CA-A", 1)
+    unmarked = tag_only_key(aws, PEER, "JWT-Signer-A", 20, active="false")
+    tag_only_key(aws, PEER2, "x509-CA-A", 1)
 
     code = cli("once", "--job", "reclaim")
 
@@ -335,9 +335,9 @@ def test_interrupted_reclaim_is_completed(aws: Emulator, proxy: FaultProxy, cli:
 def test_key_already_pending_deletion_is_left_alone(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    pending = peer_key(aws, PEER, "x509-CA-A", 20, active="false")
+    pending = tag_only_key(aws, PEER, "x509-CA-A", 20, active="false")
     aws.backend.schedule_key_deletion(key_id_of(pending), 7)
-    peer_key(aws, PEER2, "x509-CA-A", 1)
+    tag_only_key(aws, PEER2, "x509-CA-A", 1)
     before = aws.tags(pending)
 
     code = cli("once", "--job", "reclaim")
@@ -429,24 +429,10 @@ def test_own_stale_keys_newest_serves_older_is_reclaimed(
 ) -> None:
     # No alias (tag-mode server whose refresh stopped): the newest enabled key serves.
     now = datetime.now(UTC)
-    older = aws.spire_key(
-        TD,
-        SERVER,
-        "JWT-Signer-A",
-        last_update=ago(30 * DAY),
-        alias=False,
-        created_at=now - 90 * DAY,
-    )
-    newest = aws.spire_key(
-        TD,
-        SERVER,
-        "JWT-Signer-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=now - 60 * DAY,
-    )
+    older = tag_only_key(aws, SERVER, "JWT-Signer-A", 30)
+    newest = tag_only_key(aws, SERVER, "JWT-Signer-A", 20, created_at=now - 60 * DAY)
     for kid in ("x509-CA-A", "x509-CA-B", "JWT-Signer-B"):
-        aws.spire_key(TD, PEER2, kid, last_update=ago(DAY), alias=False, created_at=now - 90 * DAY)
+        tag_only_key(aws, PEER2, kid, 1)
     newest_tags = aws.tags(newest)
 
     code = cli("once", "--job", "reclaim")
@@ -471,7 +457,7 @@ def test_completing_interrupted_reclaims_counts_toward_the_budget(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
     marks = [
-        peer_key(
+        tag_only_key(
             aws,
             PEER,
             kid,
@@ -492,8 +478,8 @@ def test_completing_interrupted_reclaims_counts_toward_the_budget(
 def test_pending_window_days_is_passed_to_schedule_key_deletion(
     aws: Emulator, proxy: FaultProxy, cli: Cli
 ) -> None:
-    stale = peer_key(aws, PEER, "x509-CA-A", None)
-    peer_key(aws, PEER2, "x509-CA-A", 1)
+    stale = tag_only_key(aws, PEER, "x509-CA-A", None)
+    tag_only_key(aws, PEER2, "x509-CA-A", 1)
     cli.reclaim["pending_window_days"] = "10"
 
     assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
@@ -539,7 +525,7 @@ def test_failed_deletion_exits_1_and_the_next_run_completes_it(
 
 def test_restored_key_is_not_deleted_again(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
     # CancelKeyDeletion leaves the key Disabled with spire-active=false.
-    restored = peer_key(aws, PEER, "x509-CA-A", 20, active="false")
+    restored = tag_only_key(aws, PEER, "x509-CA-A", 20, active="false")
     aws.backend.schedule_key_deletion(key_id_of(restored), 7)
     aws.backend.cancel_key_deletion(key_id_of(restored))
     assert aws.key_state(restored) == "Disabled"
@@ -551,7 +537,7 @@ def test_restored_key_is_not_deleted_again(aws: Emulator, proxy: FaultProxy, cli
 
 
 def test_key_whose_state_cannot_be_read_is_kept(aws: Emulator, proxy: FaultProxy, cli: Cli) -> None:
-    stale = peer_key(aws, PEER, "x509-CA-A", 20)
+    stale = tag_only_key(aws, PEER, "x509-CA-A", 20)
     proxy.throttle("DescribeKey")
 
     code = cli("once", "--job", "reclaim")
@@ -624,7 +610,7 @@ def test_stale_after_boundary(
     key = aws.spire_key(
         TD, PEER, "x509-CA-A", last_update=ago(14 * DAY - offset), alias=False, created_at=old
     )
-    peer_key(aws, PEER2, "x509-CA-A", 1)
+    tag_only_key(aws, PEER2, "x509-CA-A", 1)
 
     assert cli("once", "--job", "reclaim") == 0, cli.out + cli.err
 

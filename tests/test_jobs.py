@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon import spire
-from daemon.aws.client import AwsOptions, open_aws
+from daemon.aws.client import AwsOptions
+from daemon.aws.session import open_aws
 from daemon.jobs import Context, reclaim_once, refresh_once
 from daemon.settings import Settings, load_settings
 from devtools.emulator import Emulator

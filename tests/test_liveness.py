@@ -11,7 +11,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from daemon.settings import SettingsError, load_settings
 from devtools.emulator import Emulator, free_port
 from devtools.faultproxy import MUTATING, FaultProxy
 from devtools.spire_health import SpireHealth
-from tests.world import DAY, PEER, SERVER, TD, ago
+from tests.world import DAY, PEER, SERVER, TD, ago, tag_only_key
 
 
 @pytest.fixture(autouse=True)
@@ -165,14 +165,7 @@ def run(tmp_path: Path, proxy: FaultProxy, capsys: pytest.CaptureFixture[str]) -
 def seed(aws: Emulator) -> tuple[str, str]:
     """This server's key (refreshed a day ago) and a dead peer's (twenty days stale)."""
     own = aws.spire_key(TD, SERVER, "x509-CA-A", last_update=ago(DAY))
-    dead = aws.spire_key(
-        TD,
-        PEER,
-        "x509-CA-A",
-        last_update=ago(20 * DAY),
-        alias=False,
-        created_at=datetime.now(UTC) - 90 * DAY,
-    )
+    dead = tag_only_key(aws, PEER, "x509-CA-A", 20)
     return own, dead
 
 

@@ -41,7 +41,7 @@ from tests.daemons import (
     total,
     write_config,
 )
-from tests.world import PEER, SERVER, TD, own_key
+from tests.world import PEER, SERVER, TD, own_key, tag_only_key
 
 pytestmark = pytest.mark.integration
 PEER2 = "5e0c2f4a-1111-4222-8333-444455556666"
@@ -60,22 +60,8 @@ def test_run_serves_metrics_logs_notifies_and_stops(
         TD, SERVER, "x509-CA-A", last_update=None, tagged=False, created_at=now - timedelta(days=30)
     )
     own = own_key(aws, "JWT-Signer-A", 1)
-    stale_peer = aws.spire_key(
-        TD,
-        PEER,
-        "x509-CA-A",
-        last_update=int((now - timedelta(days=20)).timestamp()),
-        alias=False,
-        created_at=now - timedelta(days=90),
-    )
-    fresh_peer = aws.spire_key(
-        TD,
-        PEER2,
-        "x509-CA-A",
-        last_update=int((now - timedelta(hours=1)).timestamp()),
-        alias=False,
-        created_at=now - timedelta(days=90),
-    )
+    stale_peer = tag_only_key(aws, PEER, "x509-CA-A", 20)
+    fresh_peer = tag_only_key(aws, PEER2, "x509-CA-A", 0)
     port = free_port()
     config = write_config(tmp_path, port, spire_url=spire_health.url)
     notify = NotifySocket(tmp_path)

@@ -41,14 +41,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def proxy_server(emulator: Emulator) -> Iterator[FaultProxy]:
+    """This module's proxy answers as AWS does where the emulator does not (aws=True); the
+    conftest's ``proxy`` resets it before each test."""
     with FaultProxy(emulator.endpoint_url, emulator=emulator, aws=True) as proxy:
         yield proxy
-
-
-@pytest.fixture
-def proxy(proxy_server: FaultProxy, aws: Emulator) -> FaultProxy:
-    proxy_server.reset()
-    return proxy_server
 
 
 @pytest.fixture

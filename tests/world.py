@@ -27,10 +27,10 @@ def ago(delta: timedelta) -> int:
     return int((datetime.now(UTC) - delta).timestamp())
 
 
-def peer_key(emu: Emulator, server: str, key_id: str, days: int | None, **options: Any) -> str:
-    """A key of another server of :data:`TD` as SPIRE leaves it: no alias (a server only aliases
-    its own keys), created 90 days ago, stamped ``days`` days ago (None: never). ``options`` are
-    :meth:`Emulator.spire_key`'s other options. Returns its ARN."""
+def tag_only_key(emu: Emulator, server: str, key_id: str, days: int | None, **options: Any) -> str:
+    """A key of ``server`` in :data:`TD` with SPIRE's tags and no alias (as a peer's key looks to
+    this server, or a tag-mode server's own), created 90 days ago, stamped ``days`` days ago
+    (None: never). ``options`` are :meth:`Emulator.spire_key`'s other options. Returns its ARN."""
     options.setdefault("created_at", datetime.now(UTC) - 90 * DAY)
     stamp = None if days is None else ago(days * DAY)
     return emu.spire_key(TD, server, key_id, last_update=stamp, alias=False, **options)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aioboto3
 from botocore import xform_name
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from daemon.aws.clock import current_run_clock
@@ -163,11 +159,7 @@ class AwsApi:
             if token:
                 params["PaginationToken"] = token
             page = await self._call(self._tagging, "GetResources", **params)
-            for item in page.get("ResourceTagMappingList", []):
-                arn = item.get("ResourceARN")
-                if arn:
-                    tags = {sys.intern(t["Key"]): t.get("Value", "") for t in item.get("Tags", [])}
-                    found.append(TaggedResource(arn, tags))
+            found += (TaggedResource(arn, tags) for arn, tags in _tag_mappings(page))
             token = page.get("PaginationToken") or ""
             if not token:
                 return found
@@ -177,34 +169,34 @@ class AwsApi:
         found: dict[str, dict[str, str]] = {}
         for batch in _chunks(arns, GET_RESOURCES_PAGE):
             page = await self._call(self._tagging, "GetResources", ResourceARNList=list(batch))
-            for item in page.get("ResourceTagMappingList", []):
-                arn = item.get("ResourceARN")
-                if arn:
-                    found[arn] = {t["Key"]: t.get("Value", "") for t in item.get("Tags", [])}
+            found.update(_tag_mappings(page))
         return found
+
+    async def _kms_pages(self, operation: str, **params: Any) -> AsyncIterator[Mapping[str, Any]]:
+        """Every page of a KMS list operation (Marker in, NextMarker and Truncated out)."""
+        marker: str | None = None
+        while True:
+            more: dict[str, Any] = {"Marker": marker} if marker else {}
+            page = await self._call(self._kms, operation, **params, **more)
+            yield page
+            marker = page.get("NextMarker")
+            if not page.get("Truncated") or not marker:
+                return
 
     async def iter_aliases(self, key_id: str | None = None) -> AsyncIterator[AliasMeta]:
         """Yield aliases of the account (or of one key), following every page."""
-        marker: str | None = None
-        while True:
-            params: dict[str, Any] = {"Limit": LIST_ALIASES_PAGE}
-            if key_id is not None:
-                params["KeyId"] = key_id
-            if marker:
-                params["Marker"] = marker
-            page = await self._call(self._kms, "ListAliases", **params)
+        params: dict[str, Any] = {"Limit": LIST_ALIASES_PAGE}
+        if key_id is not None:
+            params["KeyId"] = key_id
+        async for page in self._kms_pages("ListAliases", **params):
             for item in page.get("Aliases", []):
-                name = item.get("AliasName")
-                if name:
+                if item.get("AliasName"):
                     yield AliasMeta(
-                        name,
+                        item["AliasName"],
                         item.get("TargetKeyId"),
                         item.get("LastUpdatedDate"),
                         item.get("CreationDate"),
                     )
-            marker = page.get("NextMarker")
-            if not page.get("Truncated") or not marker:
-                return
 
     async def list_aliases(self, key_id: str | None = None) -> list[AliasMeta]:
         """Return every alias of the account, or of one key."""
@@ -238,17 +230,11 @@ class AwsApi:
         A key has at most 50 tags, one page's worth; further pages are followed all the same.
         """
         tags: dict[str, str] = {}
-        marker: str | None = None
-        while True:
-            params: dict[str, Any] = {"KeyId": key_id, "Limit": LIST_RESOURCE_TAGS_PAGE}
-            if marker:
-                params["Marker"] = marker
-            page = await self._call(self._kms, "ListResourceTags", **params)
+        pages = self._kms_pages("ListResourceTags", KeyId=key_id, Limit=LIST_RESOURCE_TAGS_PAGE)
+        async for page in pages:
             for tag in page.get("Tags", []):
                 tags[str(tag["TagKey"])] = str(tag.get("TagValue", ""))
-            marker = page.get("NextMarker")
-            if not page.get("Truncated") or not marker:
-                return tags
+        return tags
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -347,6 +333,15 @@ def _no_gate() -> str | None:
     return None
 
 
+def _tag_mappings(page: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """The ARNs and tags of a GetResources page (tag keys interned: thousands of keys share
+    SPIRE's five)."""
+    for item in page.get("ResourceTagMappingList", []):
+        if item.get("ResourceARN"):
+            tags = {sys.intern(t["Key"]): t.get("Value", "") for t in item.get("Tags", [])}
+            yield item["ResourceARN"], tags
+
+
 def _failed_resources(response: Mapping[str, Any]) -> dict[str, AwsError]:
     errors: dict[str, AwsError] = {}
     for arn, info in (response.get("FailedResourcesMap") or {}).items():
@@ -380,62 +375,3 @@ def _outcome(error: AwsError) -> str:
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def client_config(options: AwsOptions) -> Config:
-    """Return botocore's client configuration: timeouts and standard-mode retries."""
-    return Config(
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
-        retries={"mode": "standard", "total_max_attempts": options.max_attempts},
-        max_pool_connections=max(10, options.max_concurrency),
-        user_agent_extra="spire-kms-reconciler",
-    )
-
-
-def release_endpoint_table(session: aioboto3.Session) -> None:
-    """Let go of botocore's parsed ``endpoints.json`` once the clients exist.
-
-    To build a client, botocore parses the whole file (every service in every region, about
-    7 MB of Python objects) and keeps it twice: in the session's endpoint resolver and in its
-    data loader's cache. The daemon builds its two clients once, and they resolve endpoints from
-    their own service's rule set, so the table is only dead weight next to a 5,000-key run.
-    The resolver goes back to being built on demand, should anything ask for it again. These
-    are botocore internals: each step does nothing when they are not what is expected.
-    """
-    core = getattr(session, "_session", None)
-    register = getattr(core, "_register_endpoint_resolver", None)
-    if callable(register):
-        register()  # lazy again: the built resolver is dropped
-    get_component = getattr(core, "get_component", None)
-    loader = get_component("data_loader") if callable(get_component) else None
-    cache = getattr(loader, "_cache", None)
-    if isinstance(cache, dict):
-        for key in [k for k in cache if isinstance(k, tuple) and k[1:2] == ("endpoints",)]:
-            del cache[key]
-
-
-@asynccontextmanager
-async def open_aws(options: AwsOptions, stats: CallStats | None = None) -> AsyncIterator[AwsApi]:
-    """Build KMS and tagging clients from the standard AWS configuration chain."""
-    # botocore reads AWS_DEFAULT_REGION only; the Go SDK SPIRE uses reads AWS_REGION first, and
-    # an environment file shared with SPIRE may set only that one.
-    region = options.region or os.environ.get("AWS_REGION") or None
-    session = aioboto3.Session(region_name=region) if region else aioboto3.Session()
-    config = client_config(options)
-    extra: dict[str, Any] = {"config": config}
-    if options.endpoint_url:
-        extra["endpoint_url"] = options.endpoint_url
-    async with AsyncExitStack() as stack:
-        kms = await stack.enter_async_context(session.client("kms", **extra))
-        tagging = await stack.enter_async_context(
-            session.client("resourcegroupstaggingapi", **extra)
-        )
-        release_endpoint_table(session)
-        yield AwsApi(
-            kms,
-            tagging,
-            stats=stats,
-            max_concurrency=options.max_concurrency,
-            mutating_calls_per_second=options.mutating_calls_per_second,
-        )

@@ -45,15 +45,10 @@ class _JsonScanner(_Reader):
     def _number(self, ch: str) -> str:
         zero = ch == "0"
         after_first = self.i  # the library compares positions, which move on every read at the end
-        self._mantissa(ch)
-        ch = self.next()
-        if self._float_part(ch):
-            return "FLOAT"
-        if ch != _EOF:
-            self.unread()
-        if zero and self.i != after_first:
+        kind = self._decimal_number(ch)
+        if kind == "NUMBER" and zero and self.i != after_first:
             raise self.error("numbers cannot start with 0")
-        return "NUMBER"
+        return kind
 
     def _string(self, start: int) -> None:
         braces = 0

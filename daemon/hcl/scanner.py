@@ -159,6 +159,17 @@ class _Reader:
             self.unread()
         return ch
 
+    def _decimal_number(self, ch: str) -> str:
+        """The rest of a decimal number that began with ``ch``: NUMBER, or FLOAT with a fraction
+        or an exponent."""
+        self._mantissa(ch)
+        ch = self.next()
+        if self._float_part(ch):
+            return "FLOAT"
+        if ch != _EOF:
+            self.unread()
+        return "NUMBER"
+
     def _exponent(self, ch: str) -> str:
         if ch in "eE" and ch != _EOF:
             ch = self.next()
@@ -291,13 +302,7 @@ class _HclScanner(_Reader):
             if ch != _EOF:
                 self.unread()
             return "NUMBER"
-        self._mantissa(ch)
-        ch = self.next()
-        if self._float_part(ch):
-            return "FLOAT"
-        if ch != _EOF:
-            self.unread()
-        return "NUMBER"
+        return self._decimal_number(ch)
 
     def _string(self, start: int) -> None:
         braces = 0
