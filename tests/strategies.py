@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from daemon import spire
@@ -49,6 +50,11 @@ TOLERANCE = timedelta(minutes=5)
 
 #: SPIRE key IDs used by the generators: few, so that keys of one server collide on a key ID.
 KEY_IDS = ("x509-CA-A", "x509-CA-B", "JWT-Signer-A", "bundle-acme-foo.bar+rsa")
+
+#: The planners' property tests: many examples, no deadline (a world takes a while to draw).
+property_settings = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 #: spire-last-update values SPIRE's strconv.ParseInt or the daemon's rules refuse.
 MALFORMED_LAST_UPDATES = (

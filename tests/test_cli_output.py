@@ -20,7 +20,7 @@ from daemon.progress import Progress
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from tests.test_cli import run, write_config
-from tests.world import SERVER, TD
+from tests.world import SERVER, TD, own_key, tag_only_key
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +37,8 @@ def _seed(aws: Emulator) -> dict[str, str]:
     now = datetime.now(UTC)
     old = now - timedelta(days=60)
     return {
-        "own": aws.spire_key(
-            TD,
-            SERVER,
-            "x509-CA-A",
-            last_update=int((now - timedelta(hours=7)).timestamp()),
-            created_at=old,
-        ),
-        "stale": aws.spire_key(
-            TD,
-            PEER,
-            "x509-CA-A",
-            last_update=int((now - timedelta(days=20)).timestamp()),
-            created_at=old,
-            alias=False,
-        ),
+        "own": own_key(aws, "x509-CA-A", 7, created_at=old),
+        "stale": tag_only_key(aws, PEER, "x509-CA-A", 20, created_at=old),
     }
 
 

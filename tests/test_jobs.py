@@ -12,7 +12,7 @@ from daemon.aws.session import open_aws
 from daemon.jobs import Context, reclaim_once, refresh_once
 from daemon.settings import Settings, load_settings
 from devtools.emulator import Emulator
-from tests.world import SERVER, TD
+from tests.world import SERVER, TD, tag_only_key
 
 pytestmark = pytest.mark.integration
 
@@ -63,24 +63,9 @@ async def test_refresh_stamps_awss_time_even_within_tolerance(aws: Emulator) -> 
 
 async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) -> None:
     """On shutdown, calls in flight finish and no new mutating call starts."""
-    now = datetime.now(UTC)
-    arn = aws.spire_key(
-        TD,
-        "peer",
-        "x509-CA-A",
-        alias=False,
-        last_update=int((now - timedelta(days=20)).timestamp()),
-        created_at=now - timedelta(days=90),
-    )
+    arn = tag_only_key(aws, "peer", "x509-CA-A", 20)
     # A second live key keeps the blast-radius fraction at one half.
-    aws.spire_key(
-        TD,
-        "peer2",
-        "x509-CA-A",
-        alias=False,
-        last_update=int(now.timestamp()),
-        created_at=now - timedelta(days=90),
-    )
+    tag_only_key(aws, "peer2", "x509-CA-A", 0)
     async with open_aws(AwsOptions(region="us-east-1", max_attempts=1)) as api:
         api.stopping = True
         report = await reclaim_once(Context(settings(), SERVER, api))
@@ -94,14 +79,7 @@ async def test_stopping_sends_no_new_write_and_reports_skipped(aws: Emulator) ->
 async def test_migration_never_takes_a_key_tagged_for_another_server(aws: Emulator) -> None:
     """An alias of this server pointing at another server's tagged key: left as it is."""
     now = datetime.now(UTC)
-    theirs = aws.spire_key(
-        TD,
-        "peer",
-        "x509-CA-A",
-        alias=False,
-        last_update=int(now.timestamp()),
-        created_at=now - timedelta(days=9),
-    )
+    theirs = tag_only_key(aws, "peer", "x509-CA-A", 0, created_at=now - timedelta(days=9))
     aws.create_alias(spire.alias_name(TD, SERVER, "x509-CA-A"), theirs)
     legacy = aws.spire_key(
         TD,

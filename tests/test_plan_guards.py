@@ -73,7 +73,7 @@ def pending(n: int, server: str, scheduled: datetime, *, mark: bool = True) -> O
     return replace(key, meta=replace(key.meta, deletion_date=scheduled + 7 * DAY))
 
 
-# --- the clock (B.2.2, B.2.4) -------------------------------------------------------------------
+# --- the clock (contract §6.2, §6.5) ------------------------------------------------------------
 
 
 def test_staleness_is_judged_on_awss_time_not_the_hosts() -> None:
@@ -135,7 +135,7 @@ def test_the_clock_is_the_first_guard_and_refuses_even_with_nothing_to_reclaim()
     assert reclaim(*many, policy=policy, aws_time=None).refusal is Refusal.CLOCK_SKEW
 
 
-# --- SPIRE-shaped keys only (B.2.2) -------------------------------------------------------------
+# --- SPIRE-shaped keys only (contract §6.3) -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_every_spire_key_spec_is_reclaimable(spec: str) -> None:
     assert_reclaimed(reclaim(peer(1, meta_fields={"key_spec": spec})), key_arn(1))
 
 
-# --- the daemon's mark: interrupted reclaims versus restores (B.2.3) ----------------------------
+# --- the daemon's mark: interrupted reclaims versus restores (contract §6.4) ---------------------
 
 
 def test_a_recent_mark_is_an_interrupted_reclaim_and_is_completed() -> None:
@@ -218,7 +218,7 @@ def test_marks_carry_awss_time_and_go_with_spire_active_false() -> None:
     assert not spire.TAG_MARKED_AT.lower().startswith("spire-")  # outside SPIRE's prefix
 
 
-# --- the blast radius, in servers (B.2.5) -------------------------------------------------------
+# --- the blast radius, in servers (contract §6.6) -----------------------------------------------
 
 
 def test_a_run_leaving_most_servers_without_a_live_key_is_refused_whole() -> None:
@@ -326,7 +326,7 @@ def test_blast_radius_guard_passes_an_empty_proposal() -> None:
     )
 
 
-# --- the budget, fleet-wide and over time (B.2.5) -----------------------------------------------
+# --- the budget, fleet-wide and over time (contract §6.6) ---------------------------------------
 
 
 def test_keys_scheduled_by_any_daemon_within_the_window_spend_the_budget() -> None:
@@ -446,7 +446,7 @@ def test_budget_guard_passes_what_fits() -> None:
     assert len(decision.proposal) == 2
 
 
-# --- the re-read of KMS's own tags right before the mark (B.2.2) --------------------------------
+# --- the re-read of KMS's own tags right before the mark (contract §6.3) ------------------------
 
 
 def test_a_fresh_stamp_in_kms_the_index_has_not_seen_keeps_the_key() -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from daemon import plan as planner
 from daemon import spire
@@ -70,6 +70,7 @@ from tests.strategies import (
     make_alias_target,
     make_key,
     make_meta,
+    property_settings,
     reclaim_worlds,
     refresh_worlds,
     serving_arns,
@@ -78,12 +79,7 @@ from tests.strategies import (
 )
 from tests.world import TD
 
-property_settings = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-
-
-# --- B.2 reclaim: staleness ---------------------------------------------------------------------
+# --- reclaim: staleness (contract §6.2) ----------------------------------------------------------
 
 
 def test_stale_peer_key_marked_then_scheduled() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from daemon import spire
 from daemon.model import (
@@ -51,16 +51,12 @@ from tests.strategies import (
     make_alias_target,
     make_key,
     make_meta,
+    property_settings,
     refresh_worlds,
     serving_arns,
     unix,
 )
 from tests.world import TD
-
-property_settings = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-
 
 # --- helpers and small functions ----------------------------------------------------------------
 
@@ -77,7 +73,7 @@ def test_stamp_is_truncated_unix_seconds() -> None:
     assert STAMP == str(unix(NOW)) == "1767268800"
 
 
-# --- B.0 a keep-alive means alive ---------------------------------------------------------------
+# --- a keep-alive means alive (contract §4) ------------------------------------------------------
 
 
 def refresh_with(liveness: Liveness | None, *keys: ObservedKey, observed: bool = True) -> Plan:
@@ -139,7 +135,7 @@ def test_finding_no_key_of_this_server_is_a_failure() -> None:
     assert plan_refresh(found, NOW, RefreshPolicy()).failure is None
 
 
-# --- B.1 refresh --------------------------------------------------------------------------------
+# --- refresh (contract §5) -----------------------------------------------------------------------
 
 
 def test_serving_key_stamped_with_now() -> None:

@@ -74,26 +74,24 @@ def state(h: Harness, outcome: ScenarioOutcome, name: str) -> tuple[str, str | N
 # ------------------------------------------------------------------ the harness
 
 
-def kms(proxy: FaultProxy, attempts: int = 1) -> Any:
+def client(service: str, proxy: FaultProxy, attempts: int = 1) -> Any:
+    """A plain boto3 client of ``service`` through the proxy, with ``attempts`` in all."""
     return boto3.client(
-        "kms",
+        service,
         endpoint_url=proxy.endpoint_url,
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         config=Config(retries={"mode": "standard", "total_max_attempts": attempts}),
     )
+
+
+def kms(proxy: FaultProxy, attempts: int = 1) -> Any:
+    return client("kms", proxy, attempts)
 
 
 def tagging(proxy: FaultProxy, attempts: int = 1) -> Any:
-    return boto3.client(
-        "resourcegroupstaggingapi",
-        endpoint_url=proxy.endpoint_url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"mode": "standard", "total_max_attempts": attempts}),
-    )
+    return client("resourcegroupstaggingapi", proxy, attempts)
 
 
 def code_of(exc: pytest.ExceptionInfo[ClientError]) -> str:
