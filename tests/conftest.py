@@ -12,6 +12,7 @@ import pytest
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
 from devtools.spire_health import SpireHealth
+from tests.cli_runs import write_config
 from tests.daemons import DaemonProcess
 
 
@@ -93,3 +94,9 @@ def spawn() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def config(tmp_path: Path, proxy: FaultProxy) -> Path:
+    """A CLI settings file for this server, its AWS endpoint the fault proxy."""
+    return write_config(tmp_path, endpoint=proxy.endpoint_url)

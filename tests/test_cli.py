@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
 from devtools.emulator import Emulator
 from devtools.faultproxy import DEFAULT_PRINCIPAL, FaultProxy
+from tests.cli_runs import run, write_config
 from tests.world import SERVER, TD
 
 pytestmark = pytest.mark.integration
@@ -18,36 +18,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(autouse=True)
 def _restore_logging(restore_logging: None) -> None:
     """Every test here runs the CLI in-process."""
-
-
-def write_config(
-    tmp: Path,
-    *,
-    endpoint: str | None = None,
-    keyid_content: str | None = SERVER,
-    body: str = "",
-) -> Path:
-    """Write a settings file (and the key identifier file unless ``keyid_content`` is None)."""
-    keyid = tmp / "keyid"
-    if keyid_content is not None:
-        keyid.write_text(keyid_content)
-    aws = f'[aws]\nendpoint_url = "{endpoint}"\nmax_attempts = 1\nread_timeout = "5s"\n'
-    path = tmp / "config.toml"
-    path.write_text(
-        f'trust_domain = "{TD}"\n'
-        'region = "us-east-1"\n'
-        f'key_identifier_file = "{keyid}"\n'
-        # Liveness has its own tests (tests/test_liveness.py); these are about the CLI.
-        "assume_spire_alive = true\n" + body + (aws if endpoint else "")
-    )
-    return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------ settings and identity
@@ -164,11 +134,10 @@ def test_config_is_accepted_before_and_after_the_subcommand(
 def test_environment_overrides_the_file(
     aws: Emulator,
     proxy: FaultProxy,
-    tmp_path: Path,
+    config: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     monkeypatch.setenv("SPIRE_KMS_RECONCILER_RECLAIM__PENDING_WINDOW_DAYS", "99")
 
     code, _, err = run(capsys, "check", "--config", str(config))
@@ -189,11 +158,10 @@ def assert_explains_get_resources(text: str) -> None:
 
 
 def test_get_resources_denied_exits_3_with_an_explanation(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1)
     proxy.deny("GetResources")
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "once", "--config", str(config))
 
@@ -204,10 +172,9 @@ def test_get_resources_denied_exits_3_with_an_explanation(
 
 
 def test_keys_with_get_resources_denied_exits_3(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     proxy.deny("GetResources")
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "keys", "--output", "json", "--config", str(config))
 
@@ -217,11 +184,10 @@ def test_keys_with_get_resources_denied_exits_3(
 
 
 def test_check_passes_against_the_emulator(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = datetime.now(UTC) - timedelta(days=30)
     aws.spire_key(TD, SERVER, "x509-CA-A", last_update=1, created_at=old)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "check", "--config", str(config))
 
@@ -241,14 +207,13 @@ def test_check_passes_against_the_emulator(
 def test_check_exit_code_tells_a_denied_permission_from_another_failure(
     aws: Emulator,
     proxy: FaultProxy,
-    tmp_path: Path,
+    config: Path,
     capsys: pytest.CaptureFixture[str],
     fault: str,
     exit_code: int,
     shown: str,
 ) -> None:
     getattr(proxy, fault)("GetResources")
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
 
     code, out, err = run(capsys, "check", "--config", str(config))
 

@@ -19,7 +19,7 @@ from daemon import progress
 from daemon.progress import Progress
 from devtools.emulator import Emulator
 from devtools.faultproxy import FaultProxy
-from tests.test_cli import run, write_config
+from tests.cli_runs import run, write_config
 from tests.world import SERVER, TD, own_key, tag_only_key
 
 pytestmark = pytest.mark.integration
@@ -43,10 +43,9 @@ def _seed(aws: Emulator) -> dict[str, str]:
 
 
 def test_once_json_is_one_document_and_a_dry_run_reads_planned(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = _seed(aws)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     code, out, err = run(capsys, "once", "--dry-run", "--output", "json", "--config", str(config))
     assert code == 0, err
     document = json.loads(out)
@@ -60,10 +59,9 @@ def test_once_json_is_one_document_and_a_dry_run_reads_planned(
 
 
 def test_text_report_names_the_server_of_a_reclaimed_key_and_says_planned(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = _seed(aws)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     code, out, _ = run(capsys, "once", "--dry-run", "--job", "reclaim", "--config", str(config))
     assert code == 0
     lines = [line for line in out.splitlines() if keys["stale"] in line]
@@ -72,10 +70,9 @@ def test_text_report_names_the_server_of_a_reclaimed_key_and_says_planned(
 
 
 def test_keys_filters_by_verdict_and_server(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = _seed(aws)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     argv = ("keys", "--output", "json", "--config", str(config))
     _, out, _ = run(capsys, *argv, "--verdict", "stale")
     assert [r["key_arn"] for r in json.loads(out)] == [keys["stale"]]
@@ -103,10 +100,9 @@ def test_log_level_flag_overrides_the_settings(
 
 
 def test_check_json_names_the_jobs_and_never_says_ok_for_what_did_not_run(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator, proxy: FaultProxy, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # No key in the trust domain: DescribeKey and ListResourceTags have nothing to ask about.
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     code, out, _ = run(capsys, "check", "--output", "json", "--config", str(config))
     assert code == 0
     found = {p["permission"]: p for p in json.loads(out)["permissions"]}
@@ -139,9 +135,12 @@ def test_check_without_reclaim_does_not_ask_for_its_permissions(
 
 
 def test_check_offline_asks_nobody(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    aws: Emulator,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     code, out, _ = run(capsys, "check", "--offline", "--config", str(config))
     assert code == 0
     assert "settings: ok" in out and "offline" in out
@@ -181,10 +180,9 @@ def _env(aws: Emulator) -> dict[str, str]:
 
 
 def test_ctrl_c_during_once_prints_the_report_and_exits_130(
-    aws: Emulator, proxy: FaultProxy, tmp_path: Path
+    aws: Emulator, proxy: FaultProxy, config: Path
 ) -> None:
     _seed(aws)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     proxy.delay("TagResources", 3.0)
     proxy.delay("TagResource", 3.0)
     process = _cli(config, "once", env=_env(aws), stdout=subprocess.PIPE)
@@ -201,9 +199,8 @@ def test_ctrl_c_during_once_prints_the_report_and_exits_130(
     assert proxy.count("ScheduleKeyDeletion") == 0
 
 
-def test_a_closed_pipe_ends_quietly(aws: Emulator, proxy: FaultProxy, tmp_path: Path) -> None:
+def test_a_closed_pipe_ends_quietly(aws: Emulator, proxy: FaultProxy, config: Path) -> None:
     _seed(aws)
-    config = write_config(tmp_path, endpoint=proxy.endpoint_url)
     for argv in (("once", "--dry-run"), ("check",), ("keys",)):
         read, write = os.pipe()
         os.close(read)  # the reader is gone before the first line (`| head -0`)
