@@ -37,35 +37,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# The dev tools below run as `python -m devtools.<name>`.
 ## fleet: 100 SPIRE servers and their daemons over 60 simulated days, invariants checked at every step
-.PHONY: fleet
-fleet: $(STAMP)
-	$(BIN)/python -m devtools.fleet
-
 ## reliability: the failure matrix against the emulator, as a table (faults, runs, converged, keys wrongly touched)
-.PHONY: reliability
-reliability: $(STAMP)
-	$(BIN)/python -m devtools.reliability
+## interop: real spire-server (built from SPIRE's Go module into .cache/spire/) beside the daemon, as a table
+## k8s: render deploy/kubernetes/example with kustomize and validate every object (Kubernetes and CRD schemas)
+## minimums: the unit tests against the oldest dependency versions pyproject.toml allows
+DEVTOOLS := fleet reliability interop k8s minimums
+.PHONY: $(DEVTOOLS)
+$(DEVTOOLS): $(STAMP)
+	$(BIN)/python -m devtools.$@
 
 ## hcl-oracle: server.conf read by the daemon and by SPIRE's HCL library (Go), corpus + 5 random seeds
 .PHONY: hcl-oracle
 hcl-oracle: $(STAMP)
 	$(BIN)/python -m devtools.hcloracle --seeds 5
-
-## interop: real spire-server (built from SPIRE's Go module into .cache/spire/) beside the daemon, as a table
-.PHONY: interop
-interop: $(STAMP)
-	$(BIN)/python -m devtools.interop
-
-## k8s: render deploy/kubernetes/example with kustomize and validate every object (Kubernetes and CRD schemas)
-.PHONY: k8s
-k8s: $(STAMP)
-	$(BIN)/python -m devtools.k8s
-
-## minimums: the unit tests against the oldest dependency versions pyproject.toml allows
-.PHONY: minimums
-minimums: $(STAMP)
-	$(BIN)/python -m devtools.minimums
 
 ## dist: build the sdist and the wheel into dist/ and check them with twine
 .PHONY: dist

@@ -81,7 +81,7 @@ async def execute(
     api: AwsApi, plan: Plan, options: ExecuteOptions, mode: TaggingMode | None = None
 ) -> tuple[ActionResult, ...]:
     """Execute ``plan``'s actions and return one result per action."""
-    job = options.job or plan.job.value
+    job = options.job or plan.job
     with progress.tracking(job, len(plan.actions), options.progress):
         return await _execute(api, plan, options, mode)
 

@@ -22,6 +22,7 @@ from daemon.model import (
     ActionResult,
     AliasMeta,
     Job,
+    JobName,
     Liveness,
     Outcome,
     Plan,
@@ -239,7 +240,7 @@ async def reclaim_once(ctx: Context) -> RunReport:
     return await _run(ctx, Job.RECLAIM, body)
 
 
-async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
+async def _run(ctx: Context, job: JobName, body: JobBody) -> RunReport:
     started = ctx.clock()
     t0 = ctx.monotonic()
     dry_run = ctx.dry_run or ctx.settings.dry_run
@@ -255,7 +256,7 @@ async def _run(ctx: Context, job: Job, body: JobBody) -> RunReport:
                 ctx.settings.reclaim.pending_window_days,
                 dry_run,
                 ctx.settings.reclaim.protect_tag,
-                job=job.value,
+                job=job,
                 progress=ctx.progress,
             )
             results = await execute(ctx.api, decided.plan, options, ctx.state.tagging)
@@ -288,20 +289,20 @@ def _log_plan(plan: Plan) -> None:
     for finding in plan.findings:
         log.warning(
             "finding",
-            job=plan.job.value,
+            job=plan.job,
             anomaly=finding.anomaly.value,
             key_arn=finding.arn,
             detail=finding.detail,
         )
     if plan.refusal is not None:
         log.error(
-            f"{plan.job.value}_refused",
+            f"{plan.job}_refused",
             guard=plan.refusal.value,
             detail=plan.refusal_detail,
             would_act=sum(
                 1 for v in plan.verdicts if v.verdict in (Verdict.STALE, Verdict.RECLAIMING)
             )
-            if plan.job is Job.RECLAIM
+            if plan.job == Job.RECLAIM
             else None,
         )
 
@@ -314,7 +315,7 @@ def summary_fields(report: RunReport) -> dict[str, Any]:
     verdicts: Counter[str] = Counter(v.verdict.value for v in report.plan.verdicts)
     findings: Counter[str] = Counter(f.anomaly.value for f in report.plan.findings)
     fields: dict[str, Any] = {
-        "job": report.job.value,
+        "job": report.job,
         "outcome": report.outcome.value,
         "dry_run": report.dry_run,
         "keys": sum(verdicts.values()),
@@ -343,7 +344,7 @@ def summary_fields(report: RunReport) -> dict[str, Any]:
 def log_summary(report: RunReport) -> None:
     """Emit the one summary event of a run."""
     fields = summary_fields(report)
-    event = f"{report.job.value}_finished"
+    event = f"{report.job}_finished"
     if report.error is not None or report.plan.failure is not None:
         log.error(event, **fields)
     elif report.outcome is Outcome.SUCCESS:

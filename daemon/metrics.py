@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +21,7 @@ from daemon.model import (
     ActionKind,
     Anomaly,
     Job,
+    JobName,
     KeyVerdict,
     Outcome,
     Refusal,
@@ -31,6 +33,11 @@ PREFIX = "spire_kms_reconciler_"
 #: The states the refresh job reports (this server's keys); reclaim reports all the others.
 REFRESH_STATES = (Verdict.SERVING, Verdict.SUPERSEDED, Verdict.LEGACY)
 RECLAIM_STATES = tuple(v for v in Verdict if v not in REFRESH_STATES)
+#: The key states each job reports in ``keys{state}``; a job not named here reports none.
+_STATES: dict[JobName, tuple[Verdict, ...]] = {
+    Job.REFRESH: REFRESH_STATES,
+    Job.RECLAIM: RECLAIM_STATES,
+}
 _RUN_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.REFUSED)
 _ACTION_OUTCOMES = (Outcome.SUCCESS, Outcome.FAILURE, Outcome.SKIPPED, Outcome.PLANNED)
 _AWS_OPERATIONS = sorted(
@@ -58,7 +65,9 @@ class _Families:
 class Metrics:
     """The daemon's metrics; each test builds its own on a fresh registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, jobs: Iterable[JobName] = tuple(Job)
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         family = _Families(r)
@@ -129,15 +138,15 @@ class Metrics:
             "build_info", "The daemon's version; the value is always 1.", "version"
         )
         self.build_info.labels(__version__).set(1)
-        for job in Job:
-            self.run_duration.labels(job.value)
-            self.last_success.labels(job.value)
-            self.last_run.labels(job.value)
-            self.permission_denied.labels(job.value)
+        for job in jobs:
+            self.run_duration.labels(job)
+            self.last_success.labels(job)
+            self.last_run.labels(job)
+            self.permission_denied.labels(job)
             for outcome in _RUN_OUTCOMES:
-                self.runs.labels(job.value, outcome.value)
+                self.runs.labels(job, outcome.value)
             for anomaly in Anomaly:
-                self.anomalies.labels(job.value, anomaly.value)
+                self.anomalies.labels(job, anomaly.value)
         for refusal in Refusal:
             if refusal is not Refusal.SPIRE_NOT_ALIVE:
                 self.reclaim_refused.labels(refusal.value)
@@ -154,25 +163,25 @@ class Metrics:
         """Count one AWS call (subscribed to the AWS layer's call counter)."""
         self.aws_requests.labels(operation, outcome).inc()
 
-    def set_intervals(self, intervals: dict[Job, float | None]) -> None:
+    def set_intervals(self, intervals: Mapping[JobName, float | None]) -> None:
         """Export each task's interval in seconds; None (a disabled task) exports nothing."""
         for job, seconds in intervals.items():
             if seconds is None:
                 with contextlib.suppress(KeyError):
-                    self.interval.remove(job.value)
+                    self.interval.remove(job)
             else:
-                self.interval.labels(job.value).set(seconds)
+                self.interval.labels(job).set(seconds)
 
     def observe(self, report: RunReport, finished_at: float) -> None:
         """Record one finished run."""
-        job = report.job.value
+        job = report.job
         outcome = report.outcome
         self.runs.labels(job, outcome.value).inc()
         self.run_duration.labels(job).observe(report.duration_seconds)
         self.last_run.labels(job).set(finished_at)
         if outcome is Outcome.SUCCESS:
             self.last_success.labels(job).set(finished_at)
-        if report.job is Job.RECLAIM and outcome is Outcome.REFUSED and report.plan.refusal:
+        if report.job == Job.RECLAIM and outcome is Outcome.REFUSED and report.plan.refusal:
             self.reclaim_refused.labels(report.plan.refusal.value).inc()
         if report.spire is not None:
             self.spire_up.set(1 if report.spire.alive else 0)
@@ -185,7 +194,7 @@ class Metrics:
         found = Tally(f.anomaly.value for f in report.plan.findings)
         for anomaly in Anomaly:
             self.anomalies.labels(job, anomaly.value).set(found.get(anomaly.value, 0))
-        states = REFRESH_STATES if report.job is Job.REFRESH else RECLAIM_STATES
+        states = _STATES.get(report.job, ())
         left = Tally(state.value for state in states_after(report))
         for state in states:
             self.keys.labels(state.value).set(left.get(state.value, 0))

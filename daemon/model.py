@@ -12,8 +12,14 @@ KEY_STATE_DISABLED = "Disabled"
 KEY_STATE_PENDING_DELETION = "PendingDeletion"
 
 
+#: A job's name: its key in the registry (daemon/registry.py), the ``task`` label of its metrics
+#: and the name of its settings section. The jobs the daemon ships are :class:`Job`'s members; a
+#: job added to the registry names itself.
+JobName = str
+
+
 class Job(StrEnum):
-    """The two jobs the daemon runs."""
+    """The names of the jobs the daemon ships."""
 
     REFRESH = "refresh"
     RECLAIM = "reclaim"
@@ -241,7 +247,7 @@ class KeyVerdict:
 class Plan:
     """The planner's output: actions to execute, what it concluded, and any refusal."""
 
-    job: Job
+    job: JobName
     actions: tuple[Action, ...] = ()
     verdicts: tuple[KeyVerdict, ...] = ()
     findings: tuple[Finding, ...] = ()
@@ -264,7 +270,7 @@ class ActionResult:
 class RunReport:
     """Everything one run observed, decided and did."""
 
-    job: Job
+    job: JobName
     plan: Plan
     results: tuple[ActionResult, ...]
     dry_run: bool

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from daemon.jobs import Context, reclaim_once, refresh_once
-from daemon.model import Job, RunReport
+from daemon.model import Job, JobName, RunReport
 from daemon.settings import Settings
 
 
@@ -32,7 +32,7 @@ class Schedule(Protocol):
 class JobSpec:
     """One job of the registry."""
 
-    job: Job
+    job: JobName
     #: The settings section (a TOML table of the same name) that schedules the job.
     section: Callable[[Settings], Schedule]
     #: Runs the job once and reports.
@@ -40,7 +40,7 @@ class JobSpec:
 
     @property
     def name(self) -> str:
-        return self.job.value
+        return self.job
 
     def enabled(self, settings: Settings) -> bool:
         return bool(getattr(self.section(settings), "enabled", True))
@@ -69,6 +69,6 @@ JOBS: tuple[JobSpec, ...] = (
 )
 
 
-def spec(job: Job) -> JobSpec:
+def spec(job: JobName) -> JobSpec:
     """The registry's entry for ``job``."""
-    return next(s for s in JOBS if s.job is job)
+    return next(s for s in JOBS if s.job == job)

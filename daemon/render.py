@@ -30,7 +30,7 @@ def print_report(report: RunReport, out: TextIO) -> None:
     fields = summary_fields(report)
     mode = " (dry run: nothing changed)" if report.dry_run else ""
     print(
-        f"{report.job.value}: {fields['outcome']}{mode} in {fields['duration_seconds']}s, "
+        f"{report.job}: {fields['outcome']}{mode} in {fields['duration_seconds']}s, "
         f"{fields['aws_calls_total']} AWS calls "
         + " ".join(f"{op}={n}" for op, n in fields["aws_calls"].items()),
         file=out,

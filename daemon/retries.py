@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from daemon.model import Job, Outcome, Plan, Refusal, RunReport
+from daemon.model import JobName, Outcome, Plan, Refusal, RunReport
 
 #: First retry of a failed run, doubled on each further failure, capped below.
 RETRY_BASE = timedelta(seconds=30)
@@ -41,7 +41,7 @@ def needs_retry(report: RunReport) -> bool:
     return report.outcome is Outcome.FAILURE or spire_down
 
 
-def crashed_report(job: Job, started: datetime, exc: Exception) -> RunReport:
+def crashed_report(job: JobName, started: datetime, exc: Exception) -> RunReport:
     """A report for a run that raised unexpectedly."""
     return RunReport(
         job=job,

@@ -29,7 +29,7 @@ from daemon.durations import format_duration
 from daemon.http import Endpoint, ListenError
 from daemon.jobs import Context, log_summary
 from daemon.metrics import Metrics
-from daemon.model import Job, Outcome, RunReport
+from daemon.model import Job, JobName, Outcome, RunReport
 from daemon.registry import JOBS, JobSpec
 from daemon.retries import crashed_report, needs_retry, retry_delay
 from daemon.settings import Settings, settings_warnings
@@ -88,8 +88,8 @@ class Daemon:
         self._pending_restart: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._signals = 0
-        self._running: dict[Job, asyncio.Task[Any]] = {}
-        self.health: dict[Job, JobHealth] = {job: JobHealth() for job in Job}
+        self._running: dict[JobName, asyncio.Task[Any]] = {}
+        self.health: dict[JobName, JobHealth] = {spec.name: JobHealth() for spec in self.jobs}
         self.scheduler: AsyncIOScheduler | None = None
         self._http: Endpoint | None = None
         self.bound_port: int | None = None
@@ -152,22 +152,20 @@ class Daemon:
 
     # --- jobs ----------------------------------------------------------------------------------
 
-    async def run_job(self, job: Job) -> RunReport | None:
+    async def run_job(self, job: JobName) -> RunReport | None:
         """Run one job now (skipped while stopping), record it and schedule a retry if needed."""
         if self._stop.is_set():
             return None
         running = self._running.get(job)
         if running is not None and not running.done():
             # A retry and a scheduled tick are separate scheduler jobs: never run both at once.
-            log.info("run_skipped", job=job.value, detail="a run of this job is in progress")
+            log.info("run_skipped", job=job, detail="a run of this job is in progress")
             return None
         task = asyncio.current_task()
         assert task is not None
         self._running[job] = task
         try:
-            with structlog.contextvars.bound_contextvars(
-                run_id=uuid.uuid4().hex[:12], job=job.value
-            ):
+            with structlog.contextvars.bound_contextvars(run_id=uuid.uuid4().hex[:12], job=job):
                 try:
                     report = await self._spec(job).once(self.ctx)
                 except Exception as exc:  # a bug, not an AWS failure: report it, keep serving
@@ -188,7 +186,7 @@ class Daemon:
         health.last_error = report.error or report.plan.failure or report.plan.refusal_detail
         if report.outcome is Outcome.SUCCESS:
             health.last_success = finished
-        sd_notify(f"STATUS={report.job.value} {report.outcome.value} at {finished:%H:%M:%S}Z")
+        sd_notify(f"STATUS={report.job} {report.outcome.value} at {finished:%H:%M:%S}Z")
         # A SPIRE server that is not alive is asked again soon (each retry is one HTTP GET and
         # no AWS call), so that its keys are stamped soon after it is back.
         if not needs_retry(report):
@@ -203,7 +201,7 @@ class Daemon:
                 self.run_job,
                 DateTrigger(run_date=finished + delay),
                 args=[report.job],
-                id=f"{report.job.value}-retry",
+                id=f"{report.job}-retry",
                 replace_existing=True,
                 max_instances=1,
                 misfire_grace_time=None,
@@ -214,10 +212,10 @@ class Daemon:
                 failures_in_a_row=health.failures_in_a_row,
             )
 
-    def _spec(self, job: Job) -> JobSpec:
+    def _spec(self, job: JobName) -> JobSpec:
         return next(j for j in self.jobs if j.job is job)
 
-    def _interval(self, job: Job) -> timedelta:
+    def _interval(self, job: JobName) -> timedelta:
         return self._spec(job).interval(self.settings)
 
     def export_intervals(self) -> None:
@@ -361,7 +359,7 @@ class Daemon:
         self.scheduler.pause()
         running = [t for t in self._running.values() if not t.done()]
         if running:
-            log.info("waiting_for_running_job", jobs=[j.value for j in self._running])
+            log.info("waiting_for_running_job", jobs=list(self._running))
             _, pending = await asyncio.wait(running, timeout=self._stop_deadline)
             for task in pending:
                 task.cancel()
@@ -387,5 +385,9 @@ async def serve(
     metrics: Metrics | None = None,
 ) -> int:
     """Run the daemon with an open AWS API until it is told to stop; return the exit code."""
-    daemon = Daemon(Context(settings, server_id, api), metrics or Metrics(), reload=reload)
+    daemon = Daemon(
+        Context(settings, server_id, api),
+        metrics or Metrics(jobs=[spec.name for spec in JOBS]),
+        reload=reload,
+    )
     return await daemon.run()

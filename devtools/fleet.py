@@ -808,8 +808,8 @@ class Fleet:
     def record(self, daemon: DaemonProcess, report: RunReport, log: RunLog) -> None:
         """A run finished: count it, check its calls against the bound."""
         fig = self.figures
-        job = report.job.value
-        if report.job is Job.REFRESH:
+        job = report.job
+        if report.job == Job.REFRESH:
             fig.refresh_runs += 1
         else:
             fig.reclaim_runs += 1
@@ -822,7 +822,7 @@ class Fleet:
         fig.max_calls[job] = max(fig.max_calls.get(job, 0), calls)
         bound = (
             refresh_bound(report, log, len(KEY_IDS), len(self.account.aliases))
-            if report.job is Job.REFRESH
+            if report.job == Job.REFRESH
             else reclaim_bound(
                 log,
                 report,

@@ -28,7 +28,7 @@ from daemon import retries, runtime
 from daemon.aws.stats import CallStats
 from daemon.jobs import Context
 from daemon.metrics import Metrics
-from daemon.model import Job, Liveness, Plan, Refusal, RunReport
+from daemon.model import Job, JobName, Liveness, Plan, Refusal, RunReport
 from daemon.registry import JOBS
 from daemon.runtime import Daemon
 from daemon.settings import load_settings
@@ -107,20 +107,20 @@ class RuntimeHarness:
         self.api = FakeApi()
         self.registry = CollectorRegistry()
         ctx = Context(settings, "server-a", self.api, clock=self.clock)  # type: ignore[arg-type]
-        self.queue: dict[Job, list[RunReport | Exception]] = {job: [] for job in Job}
+        self.queue: dict[JobName, list[RunReport | Exception]] = {j.job: [] for j in JOBS}
         # The registry's jobs, each running what the test queued instead of its real body.
         self.bodies = {j.job: self._body(j.job) for j in JOBS}
         jobs = [replace(j, once=self._call(j.job)) for j in JOBS]
         self.daemon = Daemon(ctx, Metrics(self.registry), stop_deadline=stop_deadline, jobs=jobs)
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
-    def _call(self, job: Job) -> Callable[[Context], Any]:
+    def _call(self, job: JobName) -> Callable[[Context], Any]:
         async def call(ctx: Context) -> RunReport:
             return await self.bodies[job](ctx)  # type: ignore[no-any-return]
 
         return call
 
-    def _body(self, job: Job) -> Callable[[Context], Any]:
+    def _body(self, job: JobName) -> Callable[[Context], Any]:
         async def body(ctx: Context) -> RunReport:
             item = self.queue[job].pop(0)
             if isinstance(item, Exception):

@@ -37,6 +37,7 @@ from daemon.settings.checks import (
 )
 from daemon.settings.sections import (
     AwsSettings,
+    JobSections,
     LogSettings,
     MetricsSettings,
     ReclaimSettings,
@@ -70,7 +71,7 @@ _SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...] | None] = ContextVar
 )
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, JobSections):
     """Everything the daemon is configured with. Build it with :func:`load_settings`.
 
     Constructed directly (``Settings(trust_domain=...)``), keyword arguments beat the process
@@ -152,8 +153,6 @@ class Settings(BaseSettings):
         default=False,
         description="Observe and decide, log the plan, make no mutating AWS call.",
     )
-    refresh: RefreshSettings = Field(default_factory=RefreshSettings, description="[refresh] job.")
-    reclaim: ReclaimSettings = Field(default_factory=ReclaimSettings, description="[reclaim] job.")
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="[metrics] listener."
     )

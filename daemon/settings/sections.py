@@ -201,6 +201,15 @@ class ReclaimSettings(BaseModel):
     _clock_skew = duration_within("clock_skew_tolerance", _CLOCK_SKEW_CEILING)
 
 
+class JobSections(BaseModel):
+    """The jobs' sections: one field a job, named as the job and as its TOML table, whose model
+    has at least ``interval`` and ``jitter``. :class:`~daemon.settings.schema.Settings` has them
+    all; a new job's section is one more field here (and its model above)."""
+
+    refresh: RefreshSettings = Field(default_factory=RefreshSettings, description="[refresh] job.")
+    reclaim: ReclaimSettings = Field(default_factory=ReclaimSettings, description="[reclaim] job.")
+
+
 _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _LISTEN_HINT = "host:port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464"
 
