@@ -178,7 +178,7 @@ async def refresh_once(ctx: Context) -> RunReport:
             plan = replace(plan, failure=f"{plan.failure}; {_where(ctx)}")
         return Decided(plan, observed.errors, liveness)
 
-    return await _run(ctx, Job.REFRESH, body)
+    return await run_once(ctx, Job.REFRESH, body)
 
 
 def _where(ctx: Context) -> str:
@@ -237,10 +237,13 @@ async def reclaim_once(ctx: Context) -> RunReport:
         plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, policy)
         return Decided(plan, observed.errors)
 
-    return await _run(ctx, Job.RECLAIM, body)
+    return await run_once(ctx, Job.RECLAIM, body)
 
 
-async def _run(ctx: Context, job: JobName, body: JobBody) -> RunReport:
+async def run_once(ctx: Context, job: JobName, body: JobBody) -> RunReport:
+    """Run a job once around its observe-and-plan ``body``: count its AWS calls on the run's own
+    clock, execute the plan (or only plan it, in a dry run), log and report. Every job is this
+    with a body of its own."""
     started = ctx.clock()
     t0 = ctx.monotonic()
     dry_run = ctx.dry_run or ctx.settings.dry_run

@@ -1,9 +1,9 @@
 """The jobs the daemon runs, in one place: what the scheduler, ``once`` and the metrics iterate.
 
-A job is its :class:`~daemon.model.Job` name, the settings section that schedules it (its
-``interval`` and ``jitter``; ``enabled`` and ``start_delay`` where the section has them) and the
-coroutine that runs it once. Adding a job is a module with that coroutine, a ``Job`` member, a
-settings section, and one entry here.
+A job is its name, the settings section that schedules it (its ``interval`` and ``jitter``;
+``enabled`` and ``start_delay`` where the section has them) and the coroutine that runs it once.
+Adding a job is a module with that coroutine, its settings section (in
+:class:`~daemon.settings.sections.JobSections`), and one entry here (docs/architecture.md).
 """
 
 from __future__ import annotations
