@@ -14,8 +14,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon import execute, jobs
+from daemon import execute
 from daemon.aws import clock
+from daemon.jobs import frame as job_frame
+from daemon.jobs import reclaim as reclaim_job
 from daemon.model import Liveness
 from daemon.plan import guards, reclaim
 
@@ -82,9 +84,11 @@ def _index_budget() -> Iterator[None]:
 @contextlib.contextmanager
 def _no_restore_rule() -> Iterator[None]:
     """Every mark on an Enabled key is taken for an interrupted reclaim, however old."""
-    original = jobs.reclaim_policy
+    original = reclaim_job.reclaim_policy
     with _patched(
-        jobs, "reclaim_policy", lambda s: replace(original(s), mark_window=timedelta(days=3650))
+        reclaim_job,
+        "reclaim_policy",
+        lambda s: replace(original(s), mark_window=timedelta(days=3650)),
     ):
         yield
 
@@ -93,10 +97,10 @@ def _no_restore_rule() -> Iterator[None]:
 def _no_probe() -> Iterator[None]:
     """The refresh job stamps without asking the SPIRE server whether it is alive."""
 
-    async def alive(self: jobs.Context) -> Liveness:
+    async def alive(self: job_frame.Context) -> Liveness:
         return Liveness(True, "assumed")
 
-    with _patched(jobs.Context, "spire_liveness", alive):
+    with _patched(job_frame.Context, "spire_liveness", alive):
         yield
 
 

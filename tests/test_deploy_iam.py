@@ -27,8 +27,13 @@ from tests.world import LIVE_PEER, OTHER_TD, PEER, SERVER, TD
 # --- IAM: the operations each job makes, derived from the code ----------------------------------
 
 
+#: AwsApi's methods that make a call, and where the operation's name stands among their arguments.
+_CALLERS = {"_call": 1, "_kms_pages": 0}
+
+
 def _api_operations() -> dict[str, set[str]]:
-    """AwsApi method -> the AWS operations it calls (``self._call(client, "Operation")``)."""
+    """AwsApi method -> the AWS operations it calls (``self._call(client, "Operation")``, or
+    ``self._kms_pages("Operation", ...)``)."""
     tree = ast.parse((ROOT / "daemon" / "aws" / "client.py").read_text(encoding="utf-8"))
     (api,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AwsApi"]
     direct: dict[str, set[str]] = {}
@@ -43,8 +48,10 @@ def _api_operations() -> dict[str, set[str]]:
             target = node.func
             if not (isinstance(target.value, ast.Name) and target.value.id == "self"):
                 continue
-            if target.attr == "_call":
-                operation = node.args[1]
+            if target.attr in _CALLERS:
+                operation = node.args[_CALLERS[target.attr]]
+                if method.name in _CALLERS and isinstance(operation, ast.Name):
+                    continue  # the pager passes on the operation its callers name
                 assert isinstance(operation, ast.Constant), ast.dump(node)
                 direct[method.name].add(str(operation.value))
             else:
@@ -64,11 +71,12 @@ def _api_operations() -> dict[str, set[str]]:
     return resolved
 
 
-_JOB_MODULES = ("jobs", "observe", "execute")
+_JOB_MODULES = ("jobs/frame", "jobs/refresh", "jobs/reclaim", "observe", "execute")
 
 
 def _reachable_operations(entry: str) -> set[str]:
-    """Operations reachable from ``daemon.jobs.<entry>`` through jobs/observe/execute."""
+    """Operations reachable from ``entry`` (``module:function``) through the jobs, observe and
+    execute."""
     api_ops = _api_operations()
     functions: dict[str, ast.AST] = {}
     imports: dict[str, dict[str, str]] = {}
@@ -77,24 +85,24 @@ def _reachable_operations(entry: str) -> set[str]:
         imports[module] = {}
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                functions[f"{module}.{node.name}"] = node
+                functions[f"{module}:{node.name}"] = node
             elif isinstance(node, ast.ImportFrom) and node.module:
-                source = node.module.removeprefix("daemon.")
+                source = node.module.removeprefix("daemon.").replace(".", "/")
                 if source in _JOB_MODULES:
                     for alias in node.names:
-                        imports[module][alias.asname or alias.name] = f"{source}.{alias.name}"
+                        imports[module][alias.asname or alias.name] = f"{source}:{alias.name}"
     found: set[str] = set()
     seen: set[str] = set()
-    todo = [f"jobs.{entry}"]
+    todo = [entry]
     while todo:
         qualified = todo.pop()
         if qualified in seen:
             continue
         seen.add(qualified)
-        module = qualified.split(".")[0]
+        module = qualified.split(":")[0]
         for call in ast.walk(functions[qualified]):
             if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
-                target = imports[module].get(call.func.id, f"{module}.{call.func.id}")
+                target = imports[module].get(call.func.id, f"{module}:{call.func.id}")
                 if target in functions:
                     todo.append(target)
             # api.<method>, called or handed on (e.g. to a pool of workers)
@@ -317,7 +325,9 @@ async def recorded(aws: Emulator) -> Recorded:
 async def test_the_scenario_exercises_every_operation_the_jobs_can_make(recorded: Recorded) -> None:
     # Statically, both jobs reach the executor and so every operation; the scenario must make
     # each of them, so that the per-job sets below are complete.
-    static = _reachable_operations("refresh_once") | _reachable_operations("reclaim_once")
+    static = _reachable_operations("jobs/refresh:refresh_once") | _reachable_operations(
+        "jobs/reclaim:reclaim_once"
+    )
     assert static == set(IAM_ACTIONS)
     made = recorded.operations[Job.REFRESH] | recorded.operations[Job.RECLAIM]
     assert made == static

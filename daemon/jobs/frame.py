@@ -1,19 +1,20 @@
-"""The two jobs, each observe -> plan -> execute, ending in one report and one summary event."""
+"""The frame every job runs in: the :class:`Context` a run gets, and :func:`run_once`, which
+runs a job's observe-and-plan body, executes the plan and ends in one report and one summary
+event."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from daemon.aws.client import AwsApi
-from daemon.aws.clock import RunClock, current_run_clock, run_clock
+from daemon.aws.clock import RunClock, run_clock
 from daemon.aws.errors import AccessDenied, AwsError
 from daemon.aws.stats import counting_calls
 from daemon.execute import ExecuteOptions, TaggingMode, execute
@@ -26,12 +27,9 @@ from daemon.model import (
     Liveness,
     Outcome,
     Plan,
-    RefreshSnapshot,
     RunReport,
     Verdict,
 )
-from daemon.observe import observe_reclaim, observe_refresh, scan_own_aliases
-from daemon.plan import ReclaimPolicy, RefreshPolicy, plan_reclaim, plan_refresh
 from daemon.progress import Listener
 from daemon.settings import Settings
 
@@ -109,135 +107,6 @@ class Decided:
 
 #: A job's observe-and-plan step, given the run's start time.
 JobBody = Callable[[datetime], Awaitable[Decided]]
-
-
-def refresh_policy(settings: Settings) -> RefreshPolicy:
-    """Return the planner's view of the refresh settings."""
-    return RefreshPolicy(
-        migrate_legacy_aliases=settings.refresh.migrate_legacy_aliases,
-        refresh_aliases=settings.refresh.refresh_aliases,
-    )
-
-
-def reclaim_policy(settings: Settings) -> ReclaimPolicy:
-    """Return the planner's view of the reclaim settings."""
-    r = settings.reclaim
-    return ReclaimPolicy(
-        stale_after=r.stale_after,
-        clock_skew_tolerance=r.clock_skew_tolerance,
-        max_reclaims=r.max_reclaims,
-        max_reclaim_fraction=r.max_reclaim_fraction,
-        protect_tag=r.protect_tag,
-        window=r.interval,
-        # An interrupted run is completed by the next one: at most an interval, plus its
-        # jitter, later.
-        mark_window=r.interval * (1 + r.jitter),
-    )
-
-
-async def _legacy_aliases(ctx: Context, now: datetime) -> tuple[AliasMeta, ...]:
-    """This server's aliases from the account-wide scan, run at start and then on its cadence."""
-    settings = ctx.settings.refresh
-    if not settings.migrate_legacy_aliases:
-        return ()
-    due = ctx.state.alias_scan_at is None or (
-        now - ctx.state.alias_scan_at >= settings.alias_scan_interval
-    )
-    if due:
-        ctx.state.legacy_aliases = await scan_own_aliases(ctx.api, ctx.trust_domain, ctx.server_id)
-        ctx.state.alias_scan_at = now
-        log.info("alias_scan_finished", own_aliases=len(ctx.state.legacy_aliases))
-    return ctx.state.legacy_aliases
-
-
-async def refresh_once(ctx: Context) -> RunReport:
-    """Run the refresh job once: migrate legacy keys, stamp serving keys, refresh aliases.
-
-    The local SPIRE server is probed first (a dead one costs no AWS call at all) and again once
-    the reads are done, right before the first write: nothing is written unless it is alive.
-    """
-
-    async def body(now: datetime) -> Decided:
-        policy = refresh_policy(ctx.settings)
-        first = await ctx.spire_liveness()
-        if not first.alive:
-            _log_liveness(first)
-            empty = RefreshSnapshot(ctx.trust_domain, ctx.server_id, (), (), first, observed=False)
-            return Decided(plan_refresh(empty, now, policy), (), first)
-        legacy = await _legacy_aliases(ctx, now)
-        observed = await observe_refresh(
-            ctx.api, ctx.trust_domain, ctx.server_id, legacy, probe=ctx.spire_liveness
-        )
-        liveness = observed.snapshot.spire
-        if liveness is not None and not liveness.alive:
-            _log_liveness(liveness)
-        stamp_time = _stamp_time(ctx, ctx.clock())
-        # The planner is pure: a large trust domain is planned off the event loop.
-        plan = await asyncio.to_thread(plan_refresh, observed.snapshot, stamp_time, policy)
-        if plan.failure is not None:
-            plan = replace(plan, failure=f"{plan.failure}; {_where(ctx)}")
-        return Decided(plan, observed.errors, liveness)
-
-    return await run_once(ctx, Job.REFRESH, body)
-
-
-def _where(ctx: Context) -> str:
-    """Where the run looked: the region and endpoint of the AWS clients."""
-    endpoint = ctx.api.endpoint_url or "the region's default endpoint"
-    return (
-        f"looked in trust domain {ctx.trust_domain}, server ID {ctx.server_id}, "
-        f"region {ctx.api.region or 'unknown'}, endpoint {endpoint}"
-    )
-
-
-def _log_liveness(liveness: Liveness) -> None:
-    log.warning(
-        "spire_not_alive",
-        url=liveness.url,
-        failure=liveness.failure.value if liveness.failure else None,
-        status=liveness.status,
-        detail=liveness.detail,
-    )
-
-
-def _stamp_time(ctx: Context, local: datetime) -> datetime:
-    """The time to stamp: AWS's (this run's responses, carried on the monotonic clock).
-
-    A host clock behind would stamp serving keys with old times and peers would reclaim them;
-    one ahead would keep them looking fresh, or in the future, for too long. Only when no
-    response carried a Date is the local clock used, and that is said.
-    """
-    clock = current_run_clock()
-    aws = clock.now() if clock is not None else None
-    if aws is None:
-        log.warning(
-            "no_aws_time",
-            detail="no AWS response carried a Date header: stamping with the local clock",
-        )
-        return local
-    skew = local - aws
-    tolerance = ctx.settings.reclaim.clock_skew_tolerance
-    if abs(skew) > tolerance:
-        log.warning(
-            "clock_skew_corrected",
-            skew_seconds=round(skew.total_seconds()),
-            tolerance_seconds=tolerance.total_seconds(),
-            detail="the local clock is off: stamping with AWS's (the Date of its responses)",
-        )
-    return aws
-
-
-async def reclaim_once(ctx: Context) -> RunReport:
-    """Run the reclaim job once: mark and schedule deletion of the trust domain's dead keys."""
-    policy = reclaim_policy(ctx.settings)
-
-    async def body(now: datetime) -> Decided:
-        del now  # staleness is judged on AWS's time, which the observation carries
-        observed = await observe_reclaim(ctx.api, ctx.trust_domain, ctx.server_id, policy)
-        plan = await asyncio.to_thread(plan_reclaim, observed.snapshot, policy)
-        return Decided(plan, observed.errors)
-
-    return await run_once(ctx, Job.RECLAIM, body)
 
 
 async def run_once(ctx: Context, job: JobName, body: JobBody) -> RunReport:
