@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.files import FileProblem, read_text
+
 TAG_TRUST_DOMAIN = "spire-server-td"
 TAG_SERVER_ID = "spire-server-id"
 TAG_ACTIVE = "spire-active"
@@ -283,16 +285,14 @@ def parse_server_id_file_content(content: str) -> ParsedServerId:
 def read_server_id_file(path: Path) -> ParsedServerId:
     """Read SPIRE's key identifier file. The daemon never creates it: that file is SPIRE's."""
     try:
-        content = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ContractError(
-            f"key identifier file {path} does not exist; SPIRE creates it on first start, "
-            "so start the SPIRE server first or set key_identifier_value"
-        ) from None
-    except OSError as exc:
-        raise ContractError(f"cannot read key identifier file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ContractError(f"key identifier file {path} is not UTF-8 text") from None
+        content = read_text(path)
+    except FileProblem as exc:
+        if exc.missing:
+            raise ContractError(
+                f"key identifier file {path} does not exist; SPIRE creates it on first start, "
+                "so start the SPIRE server first or set key_identifier_value"
+            ) from None
+        raise ContractError(f"key identifier file {path}: {exc}") from None
     try:
         return parse_server_id_file_content(content)
     except ContractError as exc:

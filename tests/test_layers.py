@@ -12,6 +12,7 @@ DAEMON = Path(__file__).resolve().parent.parent / "daemon"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
+        "files",
         "model spire durations aio progress logs clocksteps systemd http hcl",
         "plan spire_config liveness retries aws",
         "settings observe metrics",

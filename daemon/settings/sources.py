@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from daemon.files import FileProblem, read_text
 from daemon.settings.checks import SettingsError
 
 # --- loading ------------------------------------------------------------------------------------
@@ -55,13 +56,9 @@ _TOML_END_RE = re.compile(r"^(?P<message>.*) \(at end of document\)$")
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+        text = read_text(path)
+    except FileProblem as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon import hcl
+from daemon.files import FileProblem, read_text
 from daemon.hcl import HclError, ObjectList
 from daemon.spire_config.decoder import _Decoder, _line
 from daemon.spire_config.sections import (
@@ -139,12 +140,11 @@ def decode_spire_server_config(
                 manager.data_file.line,
             )
         try:
-            data_text = data_path.read_bytes().decode("utf-8", "surrogateescape")
-        except OSError as exc:
+            data_text = read_text(data_path, lenient=True)
+        except FileProblem as exc:
             raise SpireConfigError(
                 path,
-                f'KeyManager "aws_kms" plugin_data_file {data_path}: cannot read it: '
-                f"{exc.strerror}",
+                f'KeyManager "aws_kms" plugin_data_file {data_path}: {exc}',
                 manager.data_file.line,
             ) from None
         data_decoder = _Decoder(path, data_path)
@@ -174,12 +174,10 @@ def read_spire_server_config(
     enabled ``KeyManager "aws_kms"`` (this server then keeps no keys in AWS KMS).
     """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpireConfigError(path, f"cannot read it: {exc.strerror}") from None
-    view = decode_spire_server_config(
-        raw.decode("utf-8", "surrogateescape"), path, expand_env=expand_env, environ=environ
-    )
+        text = read_text(path, lenient=True)
+    except FileProblem as exc:
+        raise SpireConfigError(path, str(exc)) from None
+    view = decode_spire_server_config(text, path, expand_env=expand_env, environ=environ)
     trust_domain = _unset(view.trust_domain)
     _no_variables(path, trust_domain, "server.trust_domain", expand_env)
     health = _health_url(path, view.health)
