@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument(
         "--verdict",
         action="append",
-        choices=[v.value for v in Verdict],
+        type=Verdict,
+        choices=list(Verdict),
         help="only keys with this verdict (repeatable)",
     )
     keys.add_argument("--server", metavar="ID", help="only keys of this SPIRE server ID")
@@ -317,7 +318,7 @@ async def _keys(args: argparse.Namespace, settings: Settings, server_id: str, ou
     verdicts = [
         v
         for v in listing.verdicts
-        if (not args.verdict or v.verdict.value in args.verdict)
+        if (not args.verdict or v.verdict in args.verdict)
         and (args.server is None or v.server_id == args.server)
     ]
     shown = {v.arn for v in verdicts}

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from daemon import spire
 from daemon.check import CheckReport
 from daemon.jobs import summary_fields
 from daemon.model import ActionResult, Finding, KeyVerdict, RunReport
+from daemon.plan.common import iso
 from daemon.progress import Snapshot
 
 
@@ -97,15 +97,11 @@ def write_json(data: Any, out: TextIO) -> None:
     out.write("\n")
 
 
-def iso(raw: str | None) -> str | None:
+def stamp_time(raw: str | None) -> str | None:
     """A spire-last-update value as a UTC time, or None when it is not one."""
     parsed = spire.parse_last_update(raw)
-    if parsed is None:
-        return None
-    try:
-        return datetime.fromtimestamp(parsed, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, ValueError, OSError):
-        return None
+    text = iso(parsed) if parsed is not None else "?"
+    return None if text == "?" else text
 
 
 def key_rows(
@@ -119,7 +115,7 @@ def key_rows(
             "spire_key_id": v.spire_key_id,
             "key_state": v.state,
             "last_update": v.last_update,
-            "last_update_time": iso(v.last_update),
+            "last_update_time": stamp_time(v.last_update),
             "this_server": v.server_id == server_id,
             "verdict": v.verdict.value,
             "reason": v.reason,
