@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
@@ -91,25 +91,62 @@ async def _execute(
 ) -> tuple[ActionResult, ...]:
     if options.dry_run:
         return tuple(_result(a, Outcome.PLANNED, None) for a in plan.actions)
-    mode = mode or TaggingMode()
+    run = _Writes(api, options, mode or TaggingMode())
     by_kind: dict[ActionKind, list[Action]] = defaultdict(list)
     for action in plan.actions:
         by_kind[action.kind].append(action)
-
     results: list[ActionResult] = []
-    # Aliases first, right after they were read: UpdateAlias has no condition, so a replica
-    # that rotates an alias between our read and our write would be reverted. Keep that gap
-    # as short as the run allows.
-    aliases = by_kind[ActionKind.REFRESH_ALIAS]
-    results += await map_pooled(aliases, lambda a: _refresh_alias(api, a))
-    results += await map_pooled(by_kind[ActionKind.MIGRATE], lambda a: _migrate(api, a))
-    stamps = by_kind[ActionKind.STAMP]
-    errors = await _tag_batched(api, stamps, mode)
-    results += await _report(stamps, errors)
-    results += await _reclaim(
-        api, by_kind[ActionKind.MARK_INACTIVE], by_kind[ActionKind.SCHEDULE_DELETION], options, mode
-    )
+    for step in STEPS:
+        results += await step.run(run, *(by_kind[kind] for kind in step.kinds))
     return tuple(results)
+
+
+@dataclass(frozen=True, slots=True)
+class _Writes:
+    """What every step of a run's writes shares."""
+
+    api: AwsApi
+    options: ExecuteOptions
+    mode: TaggingMode
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of the executor: the action kinds it takes (each as one list, in this order) and
+    the coroutine that carries them out."""
+
+    kinds: tuple[ActionKind, ...]
+    run: Callable[..., Awaitable[list[ActionResult]]]
+
+
+async def _aliases(run: _Writes, aliases: Sequence[Action]) -> list[ActionResult]:
+    return await map_pooled(aliases, lambda a: _refresh_alias(run.api, a))
+
+
+async def _migrations(run: _Writes, migrations: Sequence[Action]) -> list[ActionResult]:
+    return await map_pooled(migrations, lambda a: _migrate(run.api, a))
+
+
+async def _stamps(run: _Writes, stamps: Sequence[Action]) -> list[ActionResult]:
+    return await _report(stamps, await _tag_batched(run.api, stamps, run.mode))
+
+
+async def _reclaims(
+    run: _Writes, marks: Sequence[Action], schedules: Sequence[Action]
+) -> list[ActionResult]:
+    return await _reclaim(run.api, marks, schedules, run.options, run.mode)
+
+
+#: The executor's steps, in the order they run; every ActionKind is in exactly one. Aliases come
+#: first, right after they were read: UpdateAlias has no condition, so a replica that rotates an
+#: alias between the read and the write would be reverted, and that gap is kept as short as the
+#: run allows. Reclaims come last, each key marked before its deletion is scheduled.
+STEPS: tuple[Step, ...] = (
+    Step((ActionKind.REFRESH_ALIAS,), _aliases),
+    Step((ActionKind.MIGRATE,), _migrations),
+    Step((ActionKind.STAMP,), _stamps),
+    Step((ActionKind.MARK_INACTIVE, ActionKind.SCHEDULE_DELETION), _reclaims),
+)
 
 
 async def _report(

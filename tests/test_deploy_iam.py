@@ -86,6 +86,12 @@ def _reachable_operations(entry: str) -> set[str]:
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 functions[f"{module}:{node.name}"] = node
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                # A table of functions (the executor's STEPS): followed like a function.
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        functions[f"{module}:{target.id}"] = node
             elif isinstance(node, ast.ImportFrom) and node.module:
                 source = node.module.removeprefix("daemon.").replace(".", "/")
                 if source in _JOB_MODULES:
@@ -101,10 +107,11 @@ def _reachable_operations(entry: str) -> set[str]:
         seen.add(qualified)
         module = qualified.split(":")[0]
         for call in ast.walk(functions[qualified]):
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
-                target = imports[module].get(call.func.id, f"{module}:{call.func.id}")
-                if target in functions:
-                    todo.append(target)
+            # a function called, handed on, or a table of them named
+            if isinstance(call, ast.Name):
+                name = imports[module].get(call.id, f"{module}:{call.id}")
+                if name in functions:
+                    todo.append(name)
             # api.<method>, called or handed on (e.g. to a pool of workers)
             elif isinstance(call, ast.Attribute) and call.attr in api_ops:
                 owner = call.value
