@@ -260,8 +260,23 @@ def test_a_long_run_logs_progress(
     assert [e["done"] for e in ticks] == sorted(e["done"] for e in ticks)
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without AWS's or the daemon's settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPIRE_KMS"))}
+
+
+def _python_module(
+    module: str, *args: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the checkout, its output captured."""
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def test_make_emulator_serves_until_ctrl_c(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPIRE_KMS"))}
+    env = _clean_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "devtools.standalone"],
         cwd=ROOT,
@@ -278,14 +293,11 @@ def test_make_emulator_serves_until_ctrl_c(tmp_path: Path) -> None:
         lines.append(line)
     config = next(line.split()[-1] for line in lines if line.startswith("settings:"))
     exports = next(line for line in lines if "export " in line).split("export ")[1].split()
-    listed = subprocess.run(
-        [sys.executable, "-m", "daemon", "keys", "--output", "json", "--config", config],
-        cwd=ROOT,
+    listed = _python_module(
+        "daemon",
+        *("keys", "--output", "json", "--config", config),
         env={**env, **dict(e.split("=", 1) for e in exports)},
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
     )
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 10  # the demo trust domain
@@ -296,16 +308,7 @@ def test_make_emulator_serves_until_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_make_demo_prints_reports_only() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPIRE_KMS"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "devtools.demo"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _python_module("devtools.demo", env=_clean_env(), timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stderr == ""  # log lines go to a file, not between the reports
     dry_run = done.stdout.split("=== once --dry-run")[1].split("===")[1]

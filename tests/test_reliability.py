@@ -94,6 +94,15 @@ def tagging(proxy: FaultProxy, attempts: int = 1) -> Any:
     return client("resourcegroupstaggingapi", proxy, attempts)
 
 
+def describe_outcome(client: Any, key_id: str) -> str:
+    """One DescribeKey: "ok", or the error code it got."""
+    try:
+        client.describe_key(KeyId=key_id)
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return "ok"
+
+
 def code_of(exc: pytest.ExceptionInfo[ClientError]) -> str:
     return str(exc.value.response["Error"]["Code"])
 
@@ -257,13 +266,7 @@ def test_throttling_at_a_seeded_rate_and_in_bursts(aws: Emulator, proxy: FaultPr
     key_id = key_id_of(aws.create_key())
     client, tags = kms(proxy), tagging(proxy)
     proxy.throttle_rate(0.5, seed=4)
-    outcomes = []
-    for _ in range(40):
-        try:
-            client.describe_key(KeyId=key_id)
-            outcomes.append("ok")
-        except ClientError as exc:
-            outcomes.append(exc.response["Error"]["Code"])
+    outcomes = [describe_outcome(client, key_id) for _ in range(40)]
     assert set(outcomes) == {"ok", "ThrottlingException"}
     assert 10 <= outcomes.count("ok") <= 30
     with pytest.raises(ClientError) as tagging_throttled:
@@ -273,13 +276,7 @@ def test_throttling_at_a_seeded_rate_and_in_bursts(aws: Emulator, proxy: FaultPr
 
     proxy.reset()
     proxy.throttle_bursts(2, every=5)
-    seen = []
-    for _ in range(10):
-        try:
-            client.describe_key(KeyId=key_id)
-            seen.append(".")
-        except ClientError:
-            seen.append("T")
+    seen = ["." if describe_outcome(client, key_id) == "ok" else "T" for _ in range(10)]
     assert "".join(seen) == "TT...TT..."
 
 
